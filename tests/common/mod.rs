@@ -1,0 +1,57 @@
+//! Helpers shared by the end-to-end tests in `tests/`.
+//!
+//! Conventions (see docs/testing.md): tests run for real as root; each cleans up what it
+//! creates even on failure (use guards with `Drop`); a test that needs something this host
+//! lacks calls [`skip`] and returns, which records the skip so `.ci/test` can count it.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Root of the repository (the facade crate's manifest dir).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The fixture cache (`fixtures/.cache`, or `$VESSEL_FIXTURES`).
+pub fn fixtures() -> PathBuf {
+    std::env::var_os("VESSEL_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("fixtures/.cache"))
+}
+
+/// Path of a binary built from `bins/` (same profile as the test).
+pub fn bin(name: &str) -> PathBuf {
+    let mut exe = std::env::current_exe().expect("current_exe");
+    exe.pop(); // deps/
+    if exe.ends_with("deps") {
+        exe.pop();
+    }
+    exe.join(name)
+}
+
+/// A container id unique to this test process and call.
+pub fn unique_id(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Record that `test` was skipped because of `reason`: printed, and appended to
+/// `$VESSEL_SKIP_LOG` (set by `.ci/test`) so the run's summary counts it.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(path) = std::env::var_os("VESSEL_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {reason}");
+        }
+    }
+}
