@@ -1,1 +1,4 @@
-//! Vessel microVM library.
+//! Vessel microVM library: a minimal VMM on /dev/kvm built from rust-vmm crates.
+#![warn(missing_docs)]
+
+pub mod devices;
