@@ -12,3 +12,6 @@ pub trait BusDevice: Send {
     /// Write `data` to the register at `offset`.
     fn write(&mut self, offset: u64, data: &[u8]);
 }
+
+/// virtio devices.
+pub mod virtio;
