@@ -762,7 +762,7 @@ impl Container {
                 .as_ref()
                 .and_then(integration::cgroup_from_json)
             {
-                integration::cgroup_apply(&cg, &spec, pid)?;
+                integration::cgroup_join(&cg, pid)?;
             }
             parent_ch.send(&Msg::Go(pid))?;
             wait_ready(&parent_ch, &spec, &self.state.oci)?;

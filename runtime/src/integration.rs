@@ -13,6 +13,9 @@ pub enum IntegrationError {
     /// A feature whose module is not built in yet.
     #[error("unsupported: {0} (not built into this vessel yet)")]
     NotBuiltIn(&'static str),
+    /// The cgroup manager failed.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
     /// A syscall of the minimal root setup failed.
     #[error("{0}: {1}")]
     Sys(&'static str, #[source] nix::Error),
@@ -135,55 +138,52 @@ pub fn run_hooks(hooks: Option<&Vec<oci_spec::runtime::Hook>>, _state: &str) -> 
     Ok(())
 }
 
-/// The per-container cgroup (none until the cgroups module is merged).
-#[derive(Debug)]
-pub struct Cgroup;
+/// The per-container cgroup manager.
+pub type Cgroup = crate::cgroups::Manager;
 
-/// Parent-side: where the cgroup goes.
-pub fn cgroup_new(spec: &Spec, _id: &str) -> Result<Option<Cgroup>> {
+/// Parent-side: plans the container's cgroup and validates `linux.resources` against
+/// this host (creates nothing).
+pub fn cgroup_new(spec: &Spec, id: &str) -> Result<Option<Cgroup>> {
     let l = spec.linux().as_ref();
-    if l.is_some_and(|l| l.cgroups_path().is_some()) {
-        return Err(IntegrationError::NotBuiltIn("linux.cgroupsPath"));
+    let path = l.and_then(|l| l.cgroups_path().as_deref());
+    let m = crate::cgroups::Manager::new(path, id)?;
+    if let Some(r) = l.and_then(|l| l.resources().as_ref()) {
+        m.validate(r)?;
     }
-    if l.and_then(|l| l.resources().as_ref()).is_some_and(|r| {
-        r.memory().is_some()
-            || r.cpu().is_some()
-            || r.pids().is_some()
-            || r.block_io().is_some()
-            || r.hugepage_limits().is_some()
-            || r.network().is_some()
-            || r.rdma().is_some()
-            || r.unified().is_some()
-            || r.devices().as_ref().is_some_and(|d| !d.is_empty())
-    }) {
-        return Err(IntegrationError::NotBuiltIn("linux.resources"));
-    }
-    Ok(None)
+    Ok(Some(m))
 }
 
-/// Parent-side, after the clone: puts `pid` in the cgroup and applies the resources.
-pub fn cgroup_apply(_cg: &Cgroup, _spec: &Spec, _pid: i32) -> Result<()> {
-    Ok(())
+/// Parent-side, after the clone: creates the cgroup, applies the resources, moves `pid`.
+pub fn cgroup_apply(cg: &Cgroup, spec: &Spec, pid: i32) -> Result<()> {
+    if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+        cg.set(r)?;
+    }
+    Ok(cg.apply(pid)?)
+}
+
+/// Exec-side: moves `pid` into the container's existing cgroup.
+pub fn cgroup_join(cg: &Cgroup, pid: i32) -> Result<()> {
+    Ok(cg.apply(pid)?)
 }
 
 /// Removes the cgroup (killing stragglers).
-pub fn cgroup_destroy(_cg: &Cgroup) -> Result<()> {
-    Ok(())
+pub fn cgroup_destroy(cg: &Cgroup) -> Result<()> {
+    Ok(cg.destroy()?)
 }
 
 /// Serializes the cgroup manager for the state file.
-pub fn cgroup_to_json(_cg: &Cgroup) -> Option<serde_json::Value> {
-    None
+pub fn cgroup_to_json(cg: &Cgroup) -> Option<serde_json::Value> {
+    serde_json::to_value(cg).ok()
 }
 
 /// Rebuilds the cgroup manager from the state file.
-pub fn cgroup_from_json(_v: &serde_json::Value) -> Option<Cgroup> {
-    None
+pub fn cgroup_from_json(v: &serde_json::Value) -> Option<Cgroup> {
+    serde_json::from_value(v.clone()).ok()
 }
 
-/// Pids in the container's cgroup, if it has one.
-pub fn cgroup_pids(_cg: &Cgroup) -> Result<Vec<i32>> {
-    Ok(Vec::new())
+/// Pids in the container's cgroup.
+pub fn cgroup_pids(cg: &Cgroup) -> Result<Vec<i32>> {
+    Ok(cg.pids()?)
 }
 
 /// Hooks this build runs (features document).
@@ -194,7 +194,7 @@ pub const SUPPORTED_MOUNT_OPTIONS: &[&str] = &[];
 
 /// The `linux.cgroup` part of the features document.
 pub fn cgroup_features() -> serde_json::Value {
-    serde_json::json!({"v1": false, "v2": false, "systemd": false, "systemdUser": false})
+    serde_json::json!({"v1": true, "v2": true, "systemd": false, "systemdUser": false})
 }
 
 /// The `linux.seccomp` part of the features document.

@@ -7,6 +7,7 @@
 //! [`state`] is the state store, [`namespaces`] the namespace plan, [`process`] the
 //! child side, [`terminal`] the console, [`wait`] foreground waiting.
 
+pub mod cgroups;
 pub mod container;
 pub mod features;
 mod integration;

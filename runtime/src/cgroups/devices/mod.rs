@@ -1,0 +1,238 @@
+//! The device allow-list: OCI `linux.resources.devices` rules, validated and normalized,
+//! rendered as v1 `devices.allow`/`devices.deny` lines or compiled to a v2 eBPF program.
+
+pub mod bpf;
+pub mod program;
+
+use std::fmt;
+
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
+
+use super::CgroupError;
+
+/// Device class a rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevType {
+    /// Both block and character devices.
+    All,
+    /// Block devices.
+    Block,
+    /// Character devices.
+    Char,
+}
+
+/// Access bits of a rule.
+pub const ACC_READ: u8 = 1;
+/// Write access.
+pub const ACC_WRITE: u8 = 2;
+/// mknod access.
+pub const ACC_MKNOD: u8 = 4;
+
+/// A validated device rule; `None` major/minor means the wildcard `*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// true = allow, false = deny.
+    pub allow: bool,
+    /// Device class.
+    pub typ: DevType,
+    /// Major number or wildcard.
+    pub major: Option<u32>,
+    /// Minor number or wildcard.
+    pub minor: Option<u32>,
+    /// ACC_* bits.
+    pub access: u8,
+}
+
+impl Rule {
+    /// Validates one OCI rule. Absent type = `a`, absent or -1 major/minor = `*`,
+    /// absent or empty access = `rwm` (as runc).
+    pub fn from_oci(r: &LinuxDeviceCgroup) -> Result<Rule, CgroupError> {
+        let typ = match r.typ() {
+            None | Some(LinuxDeviceType::A) => DevType::All,
+            Some(LinuxDeviceType::B) => DevType::Block,
+            Some(LinuxDeviceType::C) => DevType::Char,
+            Some(t) => {
+                return Err(CgroupError::Invalid(format!(
+                    "device rule type {:?} is not valid for the device cgroup (use a, b or c)",
+                    t.as_str()
+                )))
+            }
+        };
+        let num = |what: &str, v: Option<i64>| -> Result<Option<u32>, CgroupError> {
+            match v {
+                None | Some(-1) => Ok(None),
+                Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => Ok(Some(n as u32)),
+                Some(n) => Err(CgroupError::Invalid(format!(
+                    "device rule {what} number {n} is out of range"
+                ))),
+            }
+        };
+        let major = num("major", r.major())?;
+        let minor = num("minor", r.minor())?;
+        let mut access = 0u8;
+        let acc = r.access().as_deref().unwrap_or("");
+        for ch in acc.chars() {
+            access |= match ch {
+                'r' => ACC_READ,
+                'w' => ACC_WRITE,
+                'm' => ACC_MKNOD,
+                other => {
+                    return Err(CgroupError::Invalid(format!(
+                        "device rule access {acc:?} has invalid character {other:?} (use r, w, m)"
+                    )))
+                }
+            };
+        }
+        if access == 0 {
+            access = ACC_READ | ACC_WRITE | ACC_MKNOD;
+        }
+        Ok(Rule {
+            allow: r.allow(),
+            typ,
+            major,
+            minor,
+            access,
+        })
+    }
+
+    /// Matches everything (`a *:* rwm`)?
+    pub fn is_all(&self) -> bool {
+        self.typ == DevType::All
+            && self.major.is_none()
+            && self.minor.is_none()
+            && self.access == ACC_READ | ACC_WRITE | ACC_MKNOD
+    }
+}
+
+/// Validates a rule list.
+pub fn rules_from_oci(list: &[LinuxDeviceCgroup]) -> Result<Vec<Rule>, CgroupError> {
+    list.iter().map(Rule::from_oci).collect()
+}
+
+/// The v1 line (`c 1:3 rwm`); with type `a` the kernel ignores the numbers, so it is written `a`.
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = match self.typ {
+            DevType::All => return f.write_str("a"),
+            DevType::Block => 'b',
+            DevType::Char => 'c',
+        };
+        let n = |v: Option<u32>| v.map_or("*".to_string(), |x| x.to_string());
+        let mut acc = String::new();
+        for (bit, ch) in [(ACC_READ, 'r'), (ACC_WRITE, 'w'), (ACC_MKNOD, 'm')] {
+            if self.access & bit != 0 {
+                acc.push(ch);
+            }
+        }
+        write!(f, "{t} {}:{} {acc}", n(self.major), n(self.minor))
+    }
+}
+
+/// Applies rules to a v1 devices cgroup: deny everything, then replay the rules in order
+/// (`devices.allow` for allow rules, `devices.deny` for deny rules), so the last matching
+/// rule wins as in the v2 program.
+pub(crate) fn apply_v1(dir: &std::path::Path, rules: &[Rule]) -> Result<(), CgroupError> {
+    super::fs::write(dir, "devices.deny", "a")?;
+    for r in rules {
+        let file = if r.allow {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        };
+        super::fs::write(dir, file, &r.to_string())?;
+    }
+    Ok(())
+}
+
+/// Applies rules to a v2 cgroup: compiles and loads the program, attaches it with
+/// BPF_F_ALLOW_MULTI, then detaches the programs that were attached before, so the cgroup
+/// is never without a filter during an update.
+pub fn apply_v2(dir: &std::path::Path, rules: &[Rule]) -> Result<(), CgroupError> {
+    use std::os::fd::AsRawFd;
+    let bpf_err = |op: &'static str, source: std::io::Error, log: String| CgroupError::Bpf {
+        op,
+        path: dir.to_path_buf(),
+        source,
+        log,
+    };
+    let cg = std::fs::File::open(dir).map_err(|source| CgroupError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let insns = program::compile(rules);
+    let prog =
+        bpf::load_device_program(&insns).map_err(|(e, log)| bpf_err("BPF_PROG_LOAD", e, log))?;
+    let old = bpf::query(&cg).map_err(|e| bpf_err("BPF_PROG_QUERY", e, String::new()))?;
+    bpf::attach(&cg, &prog).map_err(|e| bpf_err("BPF_PROG_ATTACH", e, String::new()))?;
+    for id in old {
+        let fd = bpf::prog_fd_by_id(id)
+            .map_err(|e| bpf_err("BPF_PROG_GET_FD_BY_ID", e, String::new()))?;
+        if fd.as_raw_fd() >= 0 {
+            bpf::detach(&cg, &fd).map_err(|e| bpf_err("BPF_PROG_DETACH", e, String::new()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::LinuxDeviceCgroupBuilder;
+
+    fn oci(
+        allow: bool,
+        t: LinuxDeviceType,
+        maj: Option<i64>,
+        min: Option<i64>,
+        acc: &str,
+    ) -> LinuxDeviceCgroup {
+        let mut b = LinuxDeviceCgroupBuilder::default()
+            .allow(allow)
+            .typ(t)
+            .access(acc);
+        if let Some(m) = maj {
+            b = b.major(m);
+        }
+        if let Some(m) = min {
+            b = b.minor(m);
+        }
+        b.build().unwrap()
+    }
+
+    #[test]
+    fn lxc_sample_set_lines() {
+        use LinuxDeviceType::*;
+        let set = [
+            (oci(true, C, Some(1), Some(3), "rwm"), "c 1:3 rwm"),
+            (oci(true, C, Some(5), None, "rwm"), "c 5:* rwm"),
+            (oci(true, C, None, None, "m"), "c *:* m"),
+            (oci(true, B, None, None, "m"), "b *:* m"),
+            (oci(true, C, Some(136), None, "rwm"), "c 136:* rwm"),
+            (oci(false, A, None, None, "rwm"), "a"),
+            (oci(true, C, Some(10), Some(200), "rw"), "c 10:200 rw"),
+        ];
+        for (r, want) in set {
+            assert_eq!(Rule::from_oci(&r).unwrap().to_string(), want);
+        }
+    }
+
+    #[test]
+    fn bad_rules() {
+        use LinuxDeviceType::*;
+        let e = Rule::from_oci(&oci(true, P, None, None, "rwm")).unwrap_err();
+        assert!(e.to_string().contains("\"p\""), "{e}");
+        let e = Rule::from_oci(&oci(true, C, Some(-5), None, "rwm")).unwrap_err();
+        assert!(e.to_string().contains("major"), "{e}");
+        let e = Rule::from_oci(&oci(true, C, None, None, "rwx")).unwrap_err();
+        assert!(e.to_string().contains("'x'"), "{e}");
+        // absent access = rwm, -1 = wildcard
+        let r = Rule::from_oci(&oci(true, A, Some(-1), Some(-1), "")).unwrap();
+        assert!(r.is_all());
+    }
+
+    #[test]
+    fn bad_type_rejected_from_json() {
+        let e = serde_json::from_str::<LinuxDeviceCgroup>(r#"{"allow":true,"type":"x"}"#);
+        assert!(e.is_err());
+    }
+}
