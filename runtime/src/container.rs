@@ -492,7 +492,7 @@ impl Container {
         self.dir.save(&self.state)?;
         let spec = self.spec()?;
         let st = serde_json::to_string(&self.state.oci).unwrap_or_default();
-        if let Err(e) = integration::run_hooks(
+        for e in integration::run_hooks_best_effort(
             spec.hooks().as_ref().and_then(|h| h.poststart().as_ref()),
             &st,
         ) {
@@ -623,7 +623,7 @@ impl Container {
             serde_json::to_string(&s).unwrap_or_default()
         };
         if let Ok(spec) = self.spec() {
-            if let Err(e) = integration::run_hooks(
+            for e in integration::run_hooks_best_effort(
                 spec.hooks().as_ref().and_then(|h| h.poststop().as_ref()),
                 &st,
             ) {

@@ -13,6 +13,21 @@ pub enum IntegrationError {
     /// A feature whose module is not built in yet.
     #[error("unsupported: {0} (not built into this vessel yet)")]
     NotBuiltIn(&'static str),
+    /// Seccomp profile or installation failed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    /// Capabilities could not be applied.
+    #[error(transparent)]
+    Caps(#[from] crate::capabilities::CapsError),
+    /// A resource limit could not be applied.
+    #[error(transparent)]
+    Rlimit(#[from] crate::rlimits::RlimitError),
+    /// A process attribute (user, oom score, scheduler, …) could not be applied.
+    #[error(transparent)]
+    ProcessAttr(#[from] crate::process_attrs::ProcessAttrError),
+    /// A hook failed.
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
     /// The cgroup manager failed.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),
@@ -68,74 +83,78 @@ pub fn rootfs_sysctl(_spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Compiled seccomp filter (none until the security module is merged).
-#[derive(Debug)]
-pub struct SeccompFilter;
+/// Compiled seccomp filter.
+pub type SeccompFilter = crate::seccomp::Filter;
 
-/// Parent-side: compiles `linux.seccomp`.
+/// Parent-side: compiles `linux.seccomp` (so profile errors fail before any fork).
 pub fn seccomp_compile(spec: &Spec) -> Result<Option<SeccompFilter>> {
-    if spec.linux().as_ref().is_some_and(|l| l.seccomp().is_some()) {
-        return Err(IntegrationError::NotBuiltIn("linux.seccomp"));
+    match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(s) => Ok(Some(crate::seccomp::compile(s)?)),
+        None => Ok(None),
     }
-    Ok(None)
 }
 
 /// In the init: installs the filter; returns the notify listener fd if any.
-pub fn seccomp_install(_f: &SeccompFilter) -> Result<Option<std::os::fd::OwnedFd>> {
-    Ok(None)
+pub fn seccomp_install(f: &SeccompFilter) -> Result<Option<std::os::fd::OwnedFd>> {
+    Ok(f.install()?)
 }
 
-/// Parent-side checks of the process attributes handled by the security module, so a
-/// config asking for them fails before anything is created.
+/// Parent-side checks of the process attributes, so a bad config fails before anything
+/// is created.
 pub fn security_validate(process: &oci_spec::runtime::Process) -> Result<()> {
-    if process.capabilities().is_some() {
-        return Err(IntegrationError::NotBuiltIn("process.capabilities"));
-    }
-    if process.rlimits().as_ref().is_some_and(|r| !r.is_empty()) {
-        return Err(IntegrationError::NotBuiltIn("process.rlimits"));
-    }
-    if process.oom_score_adj().is_some()
-        || process.io_priority().is_some()
-        || process.scheduler().is_some()
-    {
-        return Err(IntegrationError::NotBuiltIn(
-            "process.oomScoreAdj/ioPriority/scheduler",
-        ));
-    }
-    let u = process.user();
-    if u.uid() != 0
-        || u.gid() != 0
-        || u.umask().is_some()
-        || u.additional_gids().as_ref().is_some_and(|g| !g.is_empty())
-    {
-        return Err(IntegrationError::NotBuiltIn("process.user other than root"));
+    if let Some(r) = process.rlimits() {
+        crate::rlimits::validate(r)?;
     }
     Ok(())
 }
 
 /// In the init, as root: rlimits, oom score, io priority, scheduler, personality.
-pub fn process_attrs_as_root(spec: &Spec, _process: &oci_spec::runtime::Process) -> Result<()> {
-    if spec
-        .linux()
-        .as_ref()
-        .is_some_and(|l| l.personality().is_some())
-    {
-        return Err(IntegrationError::NotBuiltIn("linux.personality"));
+pub fn process_attrs_as_root(spec: &Spec, process: &oci_spec::runtime::Process) -> Result<()> {
+    use crate::process_attrs as pa;
+    if let Some(r) = process.rlimits() {
+        crate::rlimits::apply(r)?;
+    }
+    pa::apply_oom_score_adj(process.oom_score_adj())?;
+    pa::apply_io_priority(process.io_priority().as_ref())?;
+    pa::apply_scheduler(process.scheduler().as_ref())?;
+    pa::apply_personality(spec.linux().as_ref().and_then(|l| l.personality().as_ref()))?;
+    Ok(())
+}
+
+/// In the init: keepcaps, user switch (groups, gid, uid, umask), capabilities.
+pub fn user_and_caps(process: &oci_spec::runtime::Process) -> Result<()> {
+    let caps = process.capabilities().as_ref();
+    if caps.is_some() {
+        crate::capabilities::keep_caps_for_setuid()?;
+    }
+    crate::process_attrs::set_user(process.user())?;
+    if let Some(c) = caps {
+        crate::capabilities::apply(c)?;
+        crate::capabilities::clear_keep_caps()?;
     }
     Ok(())
 }
 
-/// In the init: keepcaps, user switch, capabilities.
-pub fn user_and_caps(_process: &oci_spec::runtime::Process) -> Result<()> {
-    Ok(())
+/// Runs hooks of one kind with the state JSON on stdin; the first failure fails.
+pub fn run_hooks(hooks: Option<&Vec<oci_spec::runtime::Hook>>, state: &str) -> Result<()> {
+    match hooks {
+        Some(h) if !h.is_empty() => Ok(crate::hooks::run(h, state)?),
+        _ => Ok(()),
+    }
 }
 
-/// Runs hooks of one kind with the state JSON on stdin.
-pub fn run_hooks(hooks: Option<&Vec<oci_spec::runtime::Hook>>, _state: &str) -> Result<()> {
-    if hooks.is_some_and(|h| !h.is_empty()) {
-        return Err(IntegrationError::NotBuiltIn("hooks"));
+/// Runs every hook of one kind (poststart, poststop) and returns the failures as text.
+pub fn run_hooks_best_effort(
+    hooks: Option<&Vec<oci_spec::runtime::Hook>>,
+    state: &str,
+) -> Vec<String> {
+    match hooks {
+        Some(h) if !h.is_empty() => crate::hooks::run_best_effort(h, state)
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect(),
+        _ => Vec::new(),
     }
-    Ok(())
 }
 
 /// The per-container cgroup manager.
@@ -187,7 +206,14 @@ pub fn cgroup_pids(cg: &Cgroup) -> Result<Vec<i32>> {
 }
 
 /// Hooks this build runs (features document).
-pub const SUPPORTED_HOOKS: &[&str] = &[];
+pub const SUPPORTED_HOOKS: &[&str] = &[
+    "prestart",
+    "createRuntime",
+    "createContainer",
+    "startContainer",
+    "poststart",
+    "poststop",
+];
 
 /// Mount options this build understands (features document).
 pub const SUPPORTED_MOUNT_OPTIONS: &[&str] = &[];
@@ -199,5 +225,17 @@ pub fn cgroup_features() -> serde_json::Value {
 
 /// The `linux.seccomp` part of the features document.
 pub fn seccomp_features() -> serde_json::Value {
-    serde_json::json!({"enabled": false})
+    serde_json::json!({
+        "enabled": true,
+        "actions": [
+            "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+            "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE",
+            "SCMP_ACT_TRAP"
+        ],
+        "operators": [
+            "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
+            "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"
+        ],
+        "archs": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"]
+    })
 }

@@ -7,12 +7,21 @@
 //! [`state`] is the state store, [`namespaces`] the namespace plan, [`process`] the
 //! child side, [`terminal`] the console, [`wait`] foreground waiting.
 
+#[cfg(test)]
+#[macro_use]
+mod test_util;
+
+pub mod capabilities;
 pub mod cgroups;
 pub mod container;
 pub mod features;
+pub mod hooks;
 mod integration;
 pub mod namespaces;
 pub mod process;
+pub mod process_attrs;
+pub mod rlimits;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod sync;
