@@ -1,1 +1,2 @@
 //! Vessel container library.
+pub mod rootfs;
