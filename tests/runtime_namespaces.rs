@@ -161,6 +161,8 @@ fn hooks_run_at_their_points_with_the_state() {
     let d = dir.path().to_str().unwrap().to_string();
     let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {d}/{name}.json")]});
     let mut cfg = env.config_with_args(&["sleep", "1000"]);
+    // The startContainer hook writes into the container's /tmp.
+    cfg["root"]["readonly"] = json!(false);
     cfg["hooks"] = json!({
         "prestart": [hook("prestart")],
         "createRuntime": [hook("createRuntime")],

@@ -28,59 +28,28 @@ pub enum IntegrationError {
     /// A hook failed.
     #[error(transparent)]
     Hook(#[from] crate::hooks::HookError),
+    /// The root filesystem could not be validated or set up.
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
     /// The cgroup manager failed.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroups::CgroupError),
-    /// A syscall of the minimal root setup failed.
-    #[error("{0}: {1}")]
-    Sys(&'static str, #[source] nix::Error),
 }
 
 type Result<T> = std::result::Result<T, IntegrationError>;
 
 /// Options of the rootfs setup.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RootfsOptions {
-    /// Use move+chroot instead of pivot_root.
-    pub no_pivot: bool,
+pub type RootfsOptions = crate::rootfs::Options;
+
+/// Parent-side checks of the rootfs and mounts, before any fork.
+pub fn rootfs_validate(spec: &Spec, bundle: &Path) -> Result<()> {
+    Ok(crate::rootfs::validate(spec, bundle)?)
 }
 
-/// Parent-side checks of the rootfs, before any fork.
-pub fn rootfs_validate(spec: &Spec, _bundle: &Path) -> Result<()> {
-    let has_mounts = spec.mounts().as_ref().is_some_and(|m| !m.is_empty());
-    let linux = spec.linux().as_ref();
-    let has = |b: bool| b;
-    if has_mounts
-        || linux.is_some_and(|l| {
-            has(l.devices().as_ref().is_some_and(|d| !d.is_empty()))
-                || l.masked_paths().as_ref().is_some_and(|d| !d.is_empty())
-                || l.readonly_paths().as_ref().is_some_and(|d| !d.is_empty())
-                || l.sysctl().as_ref().is_some_and(|d| !d.is_empty())
-                || l.rootfs_propagation().is_some()
-        })
-        || spec
-            .root()
-            .as_ref()
-            .is_some_and(|r| r.readonly() == Some(true))
-    {
-        return Err(IntegrationError::NotBuiltIn(
-            "mounts, devices, masked/readonly paths, sysctl, readonly root",
-        ));
-    }
-    Ok(())
-}
-
-/// In the init, after the namespaces: sets up the root filesystem and enters it.
-pub fn rootfs_prepare(_spec: &Spec, rootfs: &Path, _opts: RootfsOptions) -> Result<()> {
-    // Minimal root change until the rootfs module is merged (validate refused
-    // everything else): chroot into the bundle's rootfs.
-    nix::unistd::chroot(rootfs).map_err(|e| IntegrationError::Sys("chroot", e))?;
-    nix::unistd::chdir("/").map_err(|e| IntegrationError::Sys("chdir /", e))
-}
-
-/// In the init, after the rootfs: `linux.sysctl`.
-pub fn rootfs_sysctl(_spec: &Spec) -> Result<()> {
-    Ok(())
+/// In the init, after the namespaces: mounts, devices, pivot_root, sysctl, masked and
+/// read-only paths.
+pub fn rootfs_prepare(spec: &Spec, rootfs: &Path, opts: RootfsOptions) -> Result<()> {
+    Ok(crate::rootfs::prepare(spec, rootfs, &opts)?)
 }
 
 /// Compiled seccomp filter.
@@ -216,7 +185,67 @@ pub const SUPPORTED_HOOKS: &[&str] = &[
 ];
 
 /// Mount options this build understands (features document).
-pub const SUPPORTED_MOUNT_OPTIONS: &[&str] = &[];
+pub const SUPPORTED_MOUNT_OPTIONS: &[&str] = &[
+    "async",
+    "atime",
+    "bind",
+    "defaults",
+    "dev",
+    "diratime",
+    "dirsync",
+    "exec",
+    "iversion",
+    "lazytime",
+    "loud",
+    "mand",
+    "noatime",
+    "nodev",
+    "nodiratime",
+    "noexec",
+    "noiversion",
+    "nolazytime",
+    "nomand",
+    "norelatime",
+    "nostrictatime",
+    "nosuid",
+    "nosymfollow",
+    "private",
+    "ratime",
+    "rbind",
+    "rdev",
+    "rdiratime",
+    "relatime",
+    "remount",
+    "rexec",
+    "rnoatime",
+    "rnodev",
+    "rnodiratime",
+    "rnoexec",
+    "rnorelatime",
+    "rnostrictatime",
+    "rnosuid",
+    "rnosymfollow",
+    "ro",
+    "rprivate",
+    "rrelatime",
+    "rro",
+    "rrw",
+    "rshared",
+    "rslave",
+    "rstrictatime",
+    "rsuid",
+    "rsymfollow",
+    "runbindable",
+    "rw",
+    "shared",
+    "silent",
+    "slave",
+    "strictatime",
+    "suid",
+    "symfollow",
+    "sync",
+    "unbindable",
+];
 
 /// The `linux.cgroup` part of the features document.
 pub fn cgroup_features() -> serde_json::Value {

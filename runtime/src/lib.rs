@@ -21,6 +21,7 @@ pub mod namespaces;
 pub mod process;
 pub mod process_attrs;
 pub mod rlimits;
+pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
 pub mod state;

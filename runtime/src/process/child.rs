@@ -8,7 +8,7 @@
 //! 3. if the spec has prestart/createRuntime hooks: `NamespacesReady`, wait for
 //!    `HooksDone` (P: runs them in the runtime namespace);
 //! 4. hostname, domainname; createContainer hooks; new session keyring;
-//! 5. rootfs (mounts, devices, pivot_root, masked/readonly paths), sysctl;
+//! 5. rootfs (mounts, devices, pivot_root, sysctl, masked/readonly paths);
 //! 6. terminal (pty from the container's devpts, slave on /dev/console, master sent
 //!    over the console socket); cwd;
 //! 7. as root: rlimits, oom score, io priority, scheduler, personality;
@@ -223,8 +223,12 @@ fn body(setup: &Setup<'_>) -> Result<Infallible> {
                     join_session_keyring(&format!("_ses.{}", setup.state.id)),
                 )?;
             }
+            // Relative bind-mount sources are relative to the bundle.
+            sys(
+                "chdir to the bundle",
+                nix::unistd::chdir(&setup.state.bundle),
+            )?;
             integration::rootfs_prepare(spec, setup.rootfs, *rootfs_opts)?;
-            integration::rootfs_sysctl(spec)?;
         }
         Role::Exec {
             pidfd,

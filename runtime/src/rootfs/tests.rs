@@ -1,0 +1,557 @@
+//! Tests that really build a rootfs: each one forks a child, which enters
+//! fresh namespaces (never the test harness process itself), copies of the
+//! busybox fixture rootfs are prepared there, and the child checks the
+//! result from inside, reporting through a pipe and its exit status.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::stat::{major, minor};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+use oci_spec::runtime::Spec;
+use serde_json::{json, Value};
+
+use super::*;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+/// A temp dir holding a private copy of the busybox rootfs.
+struct Bundle {
+    dir: tempfile::TempDir,
+    rootfs: PathBuf,
+}
+
+impl Bundle {
+    fn new() -> Option<Bundle> {
+        let src = fixtures().join(".cache/busybox/rootfs");
+        if !src.join("bin/busybox").exists() {
+            println!("SKIPPED: busybox fixture missing (run fixtures/busybox.sh)");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("vessel-rootfs-{}-", std::process::id()))
+            .tempdir()
+            .unwrap();
+        let _guard = FORK.lock().unwrap_or_else(|e| e.into_inner());
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(dir.path().join("rootfs"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "cp -a rootfs failed");
+        let rootfs = dir.path().join("rootfs").canonicalize().unwrap();
+        Some(Bundle { dir, rootfs })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// The fixture config.json as JSON, for tests to tweak.
+fn fixture_json() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("config.json")).unwrap()).unwrap()
+}
+
+fn spec_of(v: &Value) -> Spec {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+fn host_mounts_mentioning(p: &Path) -> Vec<String> {
+    let needle = p.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Held while forking and while spawning `cp`, so no other test thread is
+/// inside a std lock the child could later need.
+static FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Longest a child may take before it is killed (a hang safety net, not a
+/// timing assertion).
+const CHILD_DEADLINE_MS: i32 = 120_000;
+
+/// Run `f` in a forked child after `unshare(CLONE_NEWNS | flags)`.
+/// `Err` carries the child's message (or how it died). Children must not
+/// panic (another thread may hold the panic machinery's lock at fork time);
+/// checks return `Err` instead.
+fn in_child(flags: CloneFlags, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let guard = FORK.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: the child only runs the closure and then _exits; it never
+    // returns into the test harness.
+    let forked = unsafe { fork() }.unwrap();
+    drop(guard);
+    match forked {
+        ForkResult::Child => {
+            drop(rd);
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                unshare(CloneFlags::CLONE_NEWNS | flags).map_err(|e| format!("unshare: {e}"))?;
+                f()
+            }));
+            let (code, msg) = match res {
+                Ok(Ok(())) => (0, String::new()),
+                Ok(Err(m)) => (1, m),
+                Err(_) => (2, "child panicked".to_string()),
+            };
+            let _ = nix::unistd::write(&wr, msg.as_bytes());
+            // SAFETY: _exit is always safe; it skips the harness' atexit state.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(wr);
+            let mut pfd = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&rd),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ready = nix::poll::poll(
+                &mut pfd,
+                nix::poll::PollTimeout::try_from(CHILD_DEADLINE_MS).unwrap(),
+            );
+            if matches!(ready, Ok(0)) {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            }
+            let mut msg = String::new();
+            let mut file = std::fs::File::from(rd);
+            let _ = file.read_to_string(&mut msg);
+            match waitpid(child, None).unwrap() {
+                WaitStatus::Exited(_, 0) => Ok(()),
+                WaitStatus::Exited(_, c) => Err(format!("child exit {c}: {msg}")),
+                other => Err(format!("child {other:?} (hung and killed?): {msg}")),
+            }
+        }
+    }
+}
+
+/// Run `check` in a child that prepared `b` with `spec`; then make sure the
+/// host mount table never mentions the bundle.
+fn run(
+    b: &Bundle,
+    spec: &Spec,
+    opts: Options,
+    flags: CloneFlags,
+    check: impl FnOnce() -> Result<(), String>,
+) {
+    let rootfs = b.rootfs.clone();
+    let res = in_child(flags, || {
+        std::env::set_current_dir(b.path()).map_err(|e| format!("chdir: {e}"))?;
+        prepare(spec, &rootfs, &opts).map_err(|e| format!("prepare: {e}"))?;
+        check()
+    });
+    let leaked = host_mounts_mentioning(b.path());
+    assert!(leaked.is_empty(), "mounts leaked to the host: {leaked:?}");
+    if let Err(e) = res {
+        panic!("{e}");
+    }
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+/// (mount point, mount options, fstype, super options) from our mountinfo.
+fn mounts() -> Result<Vec<(String, String, String, String)>, String> {
+    Ok(std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read mountinfo: {e}"))?
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let f: Vec<&str> = pre.split(' ').collect();
+            let p: Vec<&str> = post.split(' ').collect();
+            Some((
+                f[4].to_string(),
+                f[5..].join(" "),
+                p[0].to_string(),
+                p.get(2).unwrap_or(&"").to_string(),
+            ))
+        })
+        .collect())
+}
+
+fn mount_at(mp: &str) -> Result<(String, String, String, String), String> {
+    mounts()?
+        .into_iter()
+        .rev()
+        .find(|m| m.0 == mp)
+        .ok_or_else(|| {
+            format!(
+                "nothing mounted at {mp}; mountinfo:\n{}",
+                std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
+            )
+        })
+}
+
+fn has_opt(opts: &str, o: &str) -> bool {
+    opts.split([',', ' ']).any(|x| x == o)
+}
+
+fn errno_of<T>(r: &std::io::Result<T>) -> Option<i32> {
+    r.as_ref().err().and_then(|e| e.raw_os_error())
+}
+
+fn check_char_dev(path: &str, ma: u64, mi: u64) -> Result<(), String> {
+    let md = std::fs::metadata(path).map_err(|e| format!("{path}: {e}"))?;
+    ensure!(
+        md.file_type().is_char_device(),
+        "{path} is not a char device"
+    );
+    ensure!(
+        major(md.rdev()) == ma && minor(md.rdev()) == mi,
+        "{path} is {}:{}, want {ma}:{mi}",
+        major(md.rdev()),
+        minor(md.rdev())
+    );
+    Ok(())
+}
+
+fn check_link(path: &str, target: &str) -> Result<(), String> {
+    let t = std::fs::read_link(path).map_err(|e| format!("readlink {path}: {e}"))?;
+    ensure!(t == Path::new(target), "{path} -> {t:?}, want {target}");
+    Ok(())
+}
+
+fn read(p: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(p).map_err(|e| format!("read {p}: {e}"))
+}
+
+/// Whether the host has `p` (checked before the fork, so tests adapt to
+/// kernels without e.g. /proc/timer_list).
+fn host_has(p: &str) -> bool {
+    HOST_PATHS.with(|h| h.iter().any(|x| x == p))
+}
+
+thread_local! {
+    static HOST_PATHS: Vec<String> = [
+        "/proc/kcore",
+        "/proc/timer_list",
+        "/proc/keys",
+        "/sys/firmware",
+        "/proc/sysrq-trigger",
+        "/proc/sys/kernel/hostname",
+    ]
+        .iter()
+        .filter(|p| Path::new(p).exists())
+        .map(|p| p.to_string())
+        .collect();
+}
+
+#[test]
+fn fixture_spec_builds_a_working_root() {
+    let Some(b) = Bundle::new() else { return };
+    let spec = Spec::load(fixtures().join("config.json")).unwrap();
+    validate(&spec, b.path()).unwrap();
+    let host_bundle = b.path().to_path_buf();
+    host_has("/proc/kcore");
+    run(
+        &b,
+        &spec,
+        Options::default(),
+        CloneFlags::CLONE_NEWCGROUP | CloneFlags::CLONE_NEWUTS,
+        || {
+            // `/` is the new root.
+            ensure!(Path::new("/bin/busybox").exists(), "/bin/busybox missing");
+            ensure!(!host_bundle.exists(), "host path {host_bundle:?} visible");
+            ensure!(!Path::new("/work").exists(), "host /work visible");
+            let root = mount_at("/")?;
+            ensure!(has_opt(&root.1, "ro"), "/ not read-only: {root:?}");
+            ensure!(
+                errno_of(&std::fs::write("/newfile", b"x")) == Some(libc::EROFS),
+                "/ writable"
+            );
+            ensure!(mount_at("/proc")?.2 == "proc", "/proc not proc");
+            let dev = mount_at("/dev")?;
+            ensure!(
+                dev.2 == "tmpfs" && has_opt(&dev.1, "nosuid"),
+                "/dev: {dev:?}"
+            );
+            ensure!(mount_at("/dev/pts")?.2 == "devpts", "/dev/pts not devpts");
+            ensure!(
+                mount_at("/dev/mqueue")?.2 == "mqueue",
+                "/dev/mqueue not mqueue"
+            );
+            let shm = mount_at("/dev/shm")?;
+            ensure!(
+                has_opt(&shm.1, "noexec") && has_opt(&shm.1, "nodev"),
+                "/dev/shm: {shm:?}"
+            );
+            std::fs::write("/dev/shm/x", b"ok")
+                .map_err(|e| format!("/dev/shm not writable: {e}"))?;
+            let sys = mount_at("/sys")?;
+            ensure!(sys.2 == "sysfs" && has_opt(&sys.1, "ro"), "/sys: {sys:?}");
+            ensure!(
+                errno_of(&std::fs::create_dir("/sys/x")) == Some(libc::EROFS),
+                "/sys writable"
+            );
+            // cgroup v1 layout (hybrid host): a read-only tmpfs with one
+            // read-only hierarchy per controller showing our own cgroup.
+            let cg = mount_at("/sys/fs/cgroup")?;
+            ensure!(
+                cg.2 == "tmpfs" && has_opt(&cg.1, "ro"),
+                "/sys/fs/cgroup: {cg:?}"
+            );
+            let mem = mount_at("/sys/fs/cgroup/memory")?;
+            ensure!(
+                mem.2 == "cgroup" && has_opt(&mem.1, "ro"),
+                "memory hierarchy: {mem:?}"
+            );
+            ensure!(
+                Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists(),
+                "memory controller files missing"
+            );
+            ensure!(
+                String::from_utf8_lossy(&read("/sys/fs/cgroup/memory/cgroup.procs")?)
+                    .lines()
+                    .any(|l| l == std::process::id().to_string()),
+                "our pid not in the mounted memory cgroup (pid namespace differs?)"
+            );
+            match std::fs::create_dir("/sys/fs/cgroup/memory/vessel-test") {
+                Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
+                Ok(()) => {
+                    let _ = std::fs::remove_dir("/sys/fs/cgroup/memory/vessel-test");
+                    return Err("cgroup hierarchy writable".into());
+                }
+                Err(e) => return Err(format!("mkdir in cgroup: {e}")),
+            }
+            ensure!(
+                mount_at("/sys/fs/cgroup/systemd")?
+                    .3
+                    .contains("name=systemd"),
+                "named hierarchy"
+            );
+            // Devices and links.
+            for (p, ma, mi) in [
+                ("/dev/null", 1, 3),
+                ("/dev/zero", 1, 5),
+                ("/dev/full", 1, 7),
+                ("/dev/random", 1, 8),
+                ("/dev/urandom", 1, 9),
+                ("/dev/tty", 5, 0),
+            ] {
+                check_char_dev(p, ma, mi)?;
+                let mode = std::fs::metadata(p)
+                    .map_err(|e| e.to_string())?
+                    .permissions()
+                    .mode()
+                    & 0o777;
+                ensure!(mode == 0o666, "{p} mode {mode:o}");
+            }
+            std::fs::write("/dev/null", b"x").map_err(|e| format!("write /dev/null: {e}"))?;
+            check_link("/dev/ptmx", "pts/ptmx")?;
+            check_link("/dev/fd", "/proc/self/fd")?;
+            check_link("/dev/stdin", "/proc/self/fd/0")?;
+            check_link("/dev/stdout", "/proc/self/fd/1")?;
+            check_link("/dev/stderr", "/proc/self/fd/2")?;
+            check_link("/dev/core", "/proc/kcore")?;
+            ensure!(Path::new("/dev/fd/0").exists(), "/dev/fd does not resolve");
+            // Masked paths.
+            for p in ["/proc/kcore", "/proc/timer_list", "/proc/keys"] {
+                if host_has(p) {
+                    ensure!(read(p)?.is_empty(), "{p} readable");
+                }
+            }
+            if host_has("/sys/firmware") {
+                let n = std::fs::read_dir("/sys/firmware")
+                    .map_err(|e| format!("/sys/firmware: {e}"))?
+                    .count();
+                ensure!(n == 0, "/sys/firmware not empty");
+            }
+            // Read-only paths.
+            for p in ["/proc/sysrq-trigger", "/proc/sys/kernel/hostname"] {
+                if !host_has(p) {
+                    continue;
+                }
+                let r = std::fs::OpenOptions::new().write(true).open(p).map(drop);
+                ensure!(
+                    errno_of(&r) == Some(libc::EROFS),
+                    "{p} not read-only: {r:?}"
+                );
+            }
+            ensure!(
+                mount_at("/proc/sys")?.1.contains("ro"),
+                "/proc/sys not a ro mount"
+            );
+            Ok(())
+        },
+    );
+}
+
+/// A minimal spec: the fixture's process, our mounts, no masked paths.
+fn minimal(mounts: Value) -> Value {
+    let mut v = fixture_json();
+    v["mounts"] = mounts;
+    v["root"]["readonly"] = json!(false);
+    v["linux"]["maskedPaths"] = json!([]);
+    v["linux"]["readonlyPaths"] = json!([]);
+    v
+}
+
+#[test]
+fn symlinked_destinations_stay_inside_the_rootfs() {
+    let Some(b) = Bundle::new() else { return };
+    let pid = std::process::id();
+    let outside = PathBuf::from(format!("/tmp/vessel-outside-{pid}"));
+    let outside2 = PathBuf::from(format!("/tmp/vessel-outside2-{pid}"));
+    let outside3 = PathBuf::from(format!("/tmp/vessel-outside3-{pid}"));
+    // Guard: remove the host paths whatever happens.
+    struct Cleanup(Vec<PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
+    }
+    let _g = Cleanup(vec![outside.clone(), outside2.clone(), outside3.clone()]);
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, b.rootfs.join("evil")).unwrap();
+    std::os::unix::fs::symlink(
+        format!("../../../../../..{}", outside2.display()),
+        b.rootfs.join("evil2"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside3, b.rootfs.join("tmp/evil3")).unwrap();
+    let src = b.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("MARK"), b"inside").unwrap();
+    let spec = spec_of(&minimal(json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" },
+        { "destination": "/evil", "type": "bind", "source": src, "options": ["rbind"] },
+        { "destination": "/evil2/sub", "type": "tmpfs", "source": "tmpfs" },
+        { "destination": "/tmp/evil3/x/y", "type": "bind", "source": src, "options": ["bind", "ro"] }
+    ])));
+    validate(&spec, b.path()).unwrap();
+    let (o1, o2, o3) = (outside.clone(), outside2.clone(), outside3.clone());
+    run(
+        &b,
+        &spec,
+        Options::default(),
+        CloneFlags::empty(),
+        move || {
+            // The mounts landed on the in-root targets of the symlinks.
+            let inroot1 = o1.join("MARK");
+            ensure!(
+                read(&inroot1.to_string_lossy())? == b"inside",
+                "bind via /evil not at {inroot1:?}"
+            );
+            ensure!(Path::new("/evil/MARK").exists(), "/evil/MARK missing");
+            let m2 = o2.join("sub");
+            ensure!(
+                mount_at(&m2.to_string_lossy())?.2 == "tmpfs",
+                "tmpfs not at in-root {m2:?}"
+            );
+            let m3 = o3.join("x/y");
+            ensure!(
+                Path::new(&m3).join("MARK").exists(),
+                "nested bind not at in-root {m3:?}"
+            );
+            Ok(())
+        },
+    );
+    // Nothing was created or mounted on the host side.
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "host {outside:?} was written to"
+    );
+    assert!(!outside2.exists(), "host {outside2:?} was created");
+    assert!(!outside3.exists(), "host {outside3:?} was created");
+    assert!(
+        b.rootfs.join(outside.strip_prefix("/").unwrap()).is_dir(),
+        "in-root target not created"
+    );
+}
+
+#[test]
+fn bind_mount_flags_and_recursion() {
+    let Some(b) = Bundle::new() else { return };
+    let src = b.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("file"), b"data").unwrap();
+    std::fs::write(b.path().join("single"), b"single").unwrap();
+    let spec = spec_of(&minimal(json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" },
+        { "destination": "/ro", "type": "bind", "source": "src", "options": ["rbind", "ro", "nosuid", "nodev", "noexec", "noatime"] },
+        { "destination": "/rro", "type": "bind", "source": "src", "options": ["rbind", "rro"] },
+        { "destination": "/rw", "type": "bind", "source": "src", "options": ["bind", "rw", "shared"] },
+        { "destination": "/etc/single", "type": "bind", "source": "single", "options": ["bind", "ro", "unbindable"] },
+        { "destination": "/run/t", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m", "mode=700", "rslave"] }
+    ])));
+    validate(&spec, b.path()).unwrap();
+    let sub = src.join("sub");
+    // A submount inside the source must exist before prepare: mount it in the
+    // child first.
+    let res = in_child(CloneFlags::empty(), || {
+        nix::mount::mount(
+            Some("tmpfs"),
+            &sub,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| format!("mount sub: {e}"))?;
+        std::env::set_current_dir(b.path()).map_err(|e| format!("chdir: {e}"))?;
+        prepare(&spec, &b.rootfs, &Options::default()).map_err(|e| format!("prepare: {e}"))?;
+        let ro = mount_at("/ro")?;
+        for o in ["ro", "nosuid", "nodev", "noexec", "noatime"] {
+            ensure!(has_opt(&ro.1, o), "/ro lacks {o}: {ro:?}");
+        }
+        ensure!(
+            errno_of(&std::fs::write("/ro/new", b"x")) == Some(libc::EROFS),
+            "/ro writable"
+        );
+        ensure!(read("/ro/file")? == b"data", "/ro/file content");
+        // rbind,ro: only the top is read-only; rro: the whole tree.
+        ensure!(
+            !has_opt(&mount_at("/ro/sub")?.1, "ro"),
+            "/ro/sub should stay rw"
+        );
+        std::fs::write("/ro/sub/x", b"x").map_err(|e| format!("/ro/sub: {e}"))?;
+        ensure!(has_opt(&mount_at("/rro/sub")?.1, "ro"), "/rro/sub not ro");
+        ensure!(
+            errno_of(&std::fs::write("/rro/sub/y", b"x")) == Some(libc::EROFS),
+            "/rro/sub writable"
+        );
+        // bind (not rbind): no submount.
+        ensure!(
+            mounts()?.iter().all(|m| m.0 != "/rw/sub"),
+            "bind copied a submount"
+        );
+        ensure!(mount_at("/rw")?.1.contains("shared:"), "/rw not shared");
+        std::fs::write("/rw/new", b"x").map_err(|e| format!("/rw: {e}"))?;
+        let single = mount_at("/etc/single")?;
+        ensure!(
+            has_opt(&single.1, "ro") && single.1.contains("unbindable"),
+            "/etc/single: {single:?}"
+        );
+        ensure!(read("/etc/single")? == b"single", "file bind content");
+        let t = mount_at("/run/t")?;
+        ensure!(
+            t.2 == "tmpfs" && has_opt(&t.1, "nosuid") && !t.1.contains("shared:"),
+            "/run/t: {t:?}"
+        );
+        let mode = std::fs::metadata("/run/t")
+            .map_err(|e| e.to_string())?
+            .permissions()
+            .mode()
+            & 0o777;
+        ensure!(mode == 0o700, "/run/t mode {mode:o}");
+        Ok(())
+    });
+    assert!(host_mounts_mentioning(b.path()).is_empty());
+    res.unwrap();
+    assert!(!src.join("new").exists() || std::fs::remove_file(src.join("new")).is_ok());
+}
