@@ -141,10 +141,54 @@ pub fn cgroup_new(spec: &Spec, id: &str) -> Result<Option<Cgroup>> {
     Ok(Some(m))
 }
 
+/// Device rules every container gets after its own (what runc appends too): the
+/// default devices the rootfs module creates and the pty devices. Without them a spec
+/// that starts with "deny all" (the usual) could not open /dev/null or /dev/ptmx.
+const DEFAULT_DEVICE_RULES: &[(char, i64, Option<i64>)] = &[
+    ('c', 1, Some(3)), // null
+    ('c', 1, Some(5)), // zero
+    ('c', 1, Some(7)), // full
+    ('c', 1, Some(8)), // random
+    ('c', 1, Some(9)), // urandom
+    ('c', 5, Some(0)), // tty
+    ('c', 5, Some(1)), // console
+    ('c', 5, Some(2)), // ptmx
+    ('c', 136, None),  // pts/*
+];
+
+/// The resources applied to the cgroup: the spec's, with the spec's device rules followed
+/// by allow rules for the default devices and for every `linux.devices` entry.
+pub fn effective_resources(spec: &Spec) -> Option<oci_spec::runtime::LinuxResources> {
+    let linux = spec.linux().as_ref()?;
+    let mut r = linux.resources().clone()?;
+    let mut rules = r.devices().clone().unwrap_or_default();
+    let rule = |typ: char, major: i64, minor: Option<i64>| {
+        serde_json::from_value::<oci_spec::runtime::LinuxDeviceCgroup>(serde_json::json!({
+            "allow": true, "type": typ.to_string(), "major": major, "minor": minor,
+            "access": "rwm"
+        }))
+        .ok()
+    };
+    rules.extend(
+        DEFAULT_DEVICE_RULES
+            .iter()
+            .filter_map(|(t, ma, mi)| rule(*t, *ma, *mi)),
+    );
+    for d in linux.devices().iter().flatten() {
+        let t = match d.typ() {
+            oci_spec::runtime::LinuxDeviceType::B => 'b',
+            _ => 'c',
+        };
+        rules.extend(rule(t, d.major(), Some(d.minor())));
+    }
+    r.set_devices(Some(rules));
+    Some(r)
+}
+
 /// Parent-side, after the clone: creates the cgroup, applies the resources, moves `pid`.
 pub fn cgroup_apply(cg: &Cgroup, spec: &Spec, pid: i32) -> Result<()> {
-    if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-        cg.set(r)?;
+    if let Some(r) = effective_resources(spec) {
+        cg.set(&r)?;
     }
     Ok(cg.apply(pid)?)
 }
@@ -267,4 +311,31 @@ pub fn seccomp_features() -> serde_json::Value {
         ],
         "archs": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_device_rules_follow_the_specs() {
+        let mut v = crate::spec::default_spec(false);
+        v["linux"]["devices"] = serde_json::json!([
+            {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}
+        ]);
+        let spec: Spec = serde_json::from_value(v).unwrap();
+        let r = effective_resources(&spec).unwrap();
+        let rules: Vec<String> = r
+            .devices()
+            .clone()
+            .unwrap()
+            .iter()
+            .map(|d| format!("{} {d}", d.allow()))
+            .collect();
+        // The spec's deny-all stays first; allows come after it.
+        assert_eq!(rules[0], "false a *:* rwm");
+        assert!(rules.contains(&"true c 1:3 rwm".to_string()), "{rules:?}");
+        assert!(rules.contains(&"true c 136:* rwm".to_string()), "{rules:?}");
+        assert_eq!(rules.last().unwrap(), "true c 10:229 rwm");
+    }
 }
