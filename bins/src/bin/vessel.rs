@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
 use vessel_runtime::container::{Container, CreateOptions, ExecOptions};
 use vessel_runtime::process::child::error_chain;
-use vessel_runtime::{spec, state, wait};
+use vessel_runtime::{spec, state, terminal, wait};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -327,7 +327,31 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
             } else {
                 Some(wait::block_signals()?)
             };
-            let mut c = Container::create(id, &args.bundle, &create_options(root, args))?;
+            let mut opts = create_options(root, args);
+            // A foreground container with a terminal and no console socket: relay its
+            // pty to our own stdio, like runc.
+            let receiver = if !*detach
+                && opts.console_socket.is_none()
+                && spec::load(&args.bundle)
+                    .ok()
+                    .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()))
+                    == Some(true)
+            {
+                let r = terminal::ConsoleReceiver::new(root)?;
+                opts.console_socket = Some(r.path());
+                Some(r)
+            } else {
+                None
+            };
+            let mut c = Container::create(id, &args.bundle, &opts)?;
+            let master = match receiver.as_ref().map(|r| r.receive()).transpose() {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = c.delete(true);
+                    return Err(e.into());
+                }
+            };
+            drop(receiver);
             if let Err(e) = c.start() {
                 let _ = Container::load(root, id).map(|c| c.delete(true));
                 return Err(e.into());
@@ -336,7 +360,10 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
                 log.warn(&w);
             }
             let Some(sigs) = sigs else { return Ok(0) };
-            let code = wait::wait_forwarding(c.pid(), &sigs)?;
+            let code = match master {
+                Some(m) => wait::wait_with_console(c.pid(), &sigs, m)?,
+                None => wait::wait_forwarding(c.pid(), &sigs)?,
+            };
             if !keep {
                 for w in Container::load(root, id)?.delete(true)? {
                     log.warn(&w);
@@ -428,16 +455,29 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
             } else {
                 Some(wait::block_signals()?)
             };
+            let receiver = if !*detach && console_socket.is_none() && *tty {
+                Some(terminal::ConsoleReceiver::new(root)?)
+            } else {
+                None
+            };
             let pid = c.exec(
                 &p,
                 &ExecOptions {
                     pid_file: pid_file.clone(),
-                    console_socket: console_socket.clone(),
+                    console_socket: receiver
+                        .as_ref()
+                        .map(|r| r.path())
+                        .or_else(|| console_socket.clone()),
                     preserve_fds: *preserve_fds,
                 },
             )?;
+            let master = receiver.as_ref().map(|r| r.receive()).transpose()?;
+            drop(receiver);
             let Some(sigs) = sigs else { return Ok(0) };
-            let code = wait::wait_forwarding(pid, &sigs)?;
+            let code = match master {
+                Some(m) => wait::wait_with_console(pid, &sigs, m)?,
+                None => wait::wait_forwarding(pid, &sigs)?,
+            };
             Ok(u8::try_from(code).unwrap_or(255))
         }
         Cmd::Ps { format, id } => {
