@@ -311,3 +311,42 @@ fn concurrent_commands_on_one_id_are_serialized() {
     assert!(wait_gone(pid));
     assert!(cgroup_dirs(&id).is_empty());
 }
+
+#[test]
+fn exec_with_a_process_file() {
+    let Some(env) = setup("exec_with_a_process_file") else {
+        return;
+    };
+    let id = common::unique_id("pfile");
+    env.write_config(&env.config_with_args(&["sleep", "1000"]));
+    let out = env.vessel_b("run", &["--detach"], &id);
+    assert!(out.status.success(), "run -d: {}", stderr(&out));
+    let process = serde_json::json!({
+        "args": ["sh", "-c", "echo $P; pwd; id -u; grep NoNewPrivs /proc/self/status"],
+        "env": ["PATH=/bin", "P=from-file"],
+        "cwd": "/etc",
+        "user": {"uid": 65534, "gid": 65534},
+        "noNewPrivileges": true
+    });
+    let pf = env.root_path().join("process.json");
+    std::fs::write(&pf, process.to_string()).unwrap();
+    let pid_file = env.root_path().join("exec.pid");
+    let out = env.vessel(&[
+        "exec",
+        "--process",
+        pf.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(out.status.success(), "exec: {}", stderr(&out));
+    assert_eq!(stdout(&out), "from-file\n/etc\n65534\nNoNewPrivs:\t1\n");
+    let pid: i64 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pid > 0);
+    std::fs::remove_file(&pf).unwrap();
+    std::fs::remove_file(&pid_file).unwrap();
+}

@@ -531,8 +531,8 @@ fn exec_process(
 ) -> Result<oci_spec::runtime::Process, Box<dyn std::error::Error>> {
     if let Some(f) = file {
         let data = std::fs::read(f).map_err(|e| format!("read {}: {e}", f.display()))?;
-        let p: oci_spec::runtime::Process = serde_json::from_slice(&data)
-            .map_err(|e| format!("parse process {}: {e}", f.display()))?;
+        let p = spec::parse_process(&data)
+            .map_err(|e| format!("process {}: {}", f.display(), error_chain(&e)))?;
         return Ok(p);
     }
     if o.command.is_empty() {
@@ -605,5 +605,74 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     line(header.to_vec());
     for r in rows {
         line(r.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_like_runc() {
+        for s in ["TERM", "SIGTERM", "term", "15"] {
+            assert_eq!(parse_signal(s).unwrap(), Signal::SIGTERM, "{s}");
+        }
+        assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn runc_style_command_lines_parse() {
+        let cli = Cli::try_parse_from([
+            "vessel",
+            "--root",
+            "/r",
+            "--log",
+            "/l",
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/p",
+            "--console-socket",
+            "/c",
+            "--no-pivot",
+            "--no-new-keyring",
+            "--preserve-fds",
+            "2",
+            "id1",
+        ])
+        .unwrap();
+        assert_eq!(cli.root, PathBuf::from("/r"));
+        assert_eq!(cli.log_format, LogFormat::Json);
+        match cli.cmd {
+            Cmd::Create { args, id } => {
+                assert_eq!(id, "id1");
+                assert_eq!(args.bundle, PathBuf::from("/b"));
+                assert!(args.no_pivot && args.no_new_keyring);
+                assert_eq!(args.preserve_fds, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["vessel", "kill", "--all", "c", "9"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Kill { all: true, ref signal, .. } if signal == "9"));
+        let cli = Cli::try_parse_from(["vessel", "exec", "-t", "-e", "A=1", "c", "sh", "-c", "x"])
+            .unwrap();
+        match cli.cmd {
+            Cmd::Exec {
+                tty, env, command, ..
+            } => {
+                assert!(tty);
+                assert_eq!(env, ["A=1"]);
+                assert_eq!(command, ["sh", "-c", "x"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["vessel", "pause", "c"]).is_err());
     }
 }
