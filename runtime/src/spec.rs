@@ -532,11 +532,16 @@ mod tests {
     fn process_files_are_strict() {
         let ok = br#"{"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}}"#;
         parse_process(ok).unwrap();
-        let e = parse_process(br#"{"args": ["sh"], "cwd": "/", "bogus": 1}"#).unwrap_err();
+        let e = parse_process(
+            br#"{"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "bogus": 1}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("process.bogus"), "{e}");
-        let e = parse_process(br#"{"args": [], "cwd": "/"}"#).unwrap_err();
+        let e = parse_process(br#"{"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("args"), "{e}");
-        let e = parse_process(br#"{"args": ["sh"], "cwd": "rel"}"#).unwrap_err();
+        let e = parse_process(br#"{"args": ["sh"], "cwd": "rel", "user": {"uid": 0, "gid": 0}}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("cwd"), "{e}");
     }
 
