@@ -555,3 +555,363 @@ fn bind_mount_flags_and_recursion() {
     res.unwrap();
     assert!(!src.join("new").exists() || std::fs::remove_file(src.join("new")).is_ok());
 }
+
+#[test]
+fn spec_devices_are_created_with_mode_and_owner() {
+    let Some(b) = Bundle::new() else { return };
+    // An image file where a device should go must be replaced.
+    std::fs::write(b.rootfs.join("dev/zero"), b"not a device").unwrap();
+    let mut v = minimal(json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" }
+    ]));
+    v["linux"]["devices"] = json!([
+        { "path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 432, "uid": 1000, "gid": 1001 },
+        { "path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 384 },
+        { "path": "/dev/loopfake", "type": "b", "major": 7, "minor": 250, "fileMode": 416 },
+        { "path": "/dev/myfifo", "type": "p", "fileMode": 420 }
+    ]);
+    let spec = spec_of(&v);
+    validate(&spec, b.path()).unwrap();
+    run(&b, &spec, Options::default(), CloneFlags::empty(), || {
+        check_char_dev("/dev/net/tun", 10, 200)?;
+        let md = std::fs::metadata("/dev/net/tun").map_err(|e| e.to_string())?;
+        ensure!(md.mode() & 0o7777 == 0o660, "tun mode {:o}", md.mode());
+        ensure!(
+            md.uid() == 1000 && md.gid() == 1001,
+            "tun owner {}:{}",
+            md.uid(),
+            md.gid()
+        );
+        // The spec entry replaces the default /dev/null (mode 0600).
+        check_char_dev("/dev/null", 1, 3)?;
+        let mode = std::fs::metadata("/dev/null")
+            .map_err(|e| e.to_string())?
+            .mode()
+            & 0o7777;
+        ensure!(mode == 0o600, "/dev/null mode {mode:o}");
+        let md = std::fs::metadata("/dev/loopfake").map_err(|e| e.to_string())?;
+        ensure!(
+            md.file_type().is_block_device(),
+            "loopfake not a block device"
+        );
+        ensure!(
+            major(md.rdev()) == 7 && minor(md.rdev()) == 250,
+            "loopfake numbers"
+        );
+        let md = std::fs::metadata("/dev/myfifo").map_err(|e| e.to_string())?;
+        ensure!(
+            md.file_type().is_fifo() && md.mode() & 0o7777 == 0o644,
+            "fifo: {:o}",
+            md.mode()
+        );
+        // The image's regular file was replaced by the device.
+        check_char_dev("/dev/zero", 1, 5)?;
+        Ok(())
+    });
+}
+
+#[test]
+fn no_pivot_moves_the_root_and_chroots() {
+    let Some(b) = Bundle::new() else { return };
+    let spec = Spec::load(fixtures().join("config.json")).unwrap();
+    let host_bundle = b.path().to_path_buf();
+    host_has("/proc/kcore");
+    let opts = Options { no_pivot: true };
+    run(&b, &spec, opts, CloneFlags::CLONE_NEWCGROUP, || {
+        ensure!(Path::new("/bin/busybox").exists(), "/bin/busybox missing");
+        ensure!(!host_bundle.exists(), "host path visible");
+        ensure!(!Path::new("/work").exists(), "host /work visible");
+        check_char_dev("/dev/null", 1, 3)?;
+        ensure!(has_opt(&mount_at("/")?.1, "ro"), "/ not read-only");
+        if host_has("/proc/timer_list") {
+            ensure!(read("/proc/timer_list")?.is_empty(), "masking failed");
+        }
+        let procs = mounts()?
+            .iter()
+            .filter(|m| m.2 == "proc" && m.0 == "/proc")
+            .count();
+        ensure!(procs == 1, "{procs} procfs mounts at /proc");
+        Ok(())
+    });
+}
+
+/// Enter a user namespace mapping root to root (the child is single-threaded).
+fn enter_userns() -> Result<(), String> {
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("unshare user: {e}"))?;
+    std::fs::write("/proc/self/setgroups", "deny").map_err(|e| format!("setgroups: {e}"))?;
+    std::fs::write("/proc/self/uid_map", "0 0 1").map_err(|e| format!("uid_map: {e}"))?;
+    std::fs::write("/proc/self/gid_map", "0 0 1").map_err(|e| format!("gid_map: {e}"))?;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mnt: {e}"))
+}
+
+#[test]
+fn user_namespace_binds_devices_and_sysfs() {
+    let Some(b) = Bundle::new() else { return };
+    // No procfs: a user namespace may only mount it with its own pid namespace.
+    let mut v = minimal(json!([
+        { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"] },
+        { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }
+    ]));
+    v["linux"]["namespaces"] = json!([{ "type": "user" }, { "type": "mount" }]);
+    let spec = spec_of(&v);
+    validate(&spec, b.path()).unwrap();
+    let rootfs = b.rootfs.clone();
+    let res = in_child(CloneFlags::empty(), || {
+        std::env::set_current_dir(b.path()).map_err(|e| format!("chdir: {e}"))?;
+        enter_userns()?;
+        prepare(&spec, &rootfs, &Options::default()).map_err(|e| format!("prepare: {e}"))?;
+        // mknod is refused in a user namespace: the host's nodes are bound.
+        check_char_dev("/dev/null", 1, 3)?;
+        check_char_dev("/dev/urandom", 1, 9)?;
+        std::fs::write("/dev/null", b"x").map_err(|e| format!("write /dev/null: {e}"))?;
+        check_link("/dev/ptmx", "pts/ptmx")?;
+        // sysfs could not be mounted fresh without a network namespace:
+        // the host's is bound read-only instead.
+        ensure!(Path::new("/sys/kernel").is_dir(), "/sys not populated");
+        ensure!(
+            errno_of(&std::fs::create_dir("/sys/x")) == Some(libc::EROFS),
+            "/sys writable"
+        );
+        ensure!(Path::new("/bin/busybox").exists(), "not in the new root");
+        Ok(())
+    });
+    assert!(host_mounts_mentioning(b.path()).is_empty());
+    res.unwrap();
+}
+
+#[test]
+fn rshared_root_propagation_still_pivots() {
+    let Some(b) = Bundle::new() else { return };
+    let mut v = minimal(json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" },
+        { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs" }
+    ]));
+    v["linux"]["rootfsPropagation"] = json!("rshared");
+    let spec = spec_of(&v);
+    validate(&spec, b.path()).unwrap();
+    run(&b, &spec, Options::default(), CloneFlags::empty(), || {
+        ensure!(Path::new("/bin/busybox").exists(), "not in the new root");
+        let root = mount_at("/")?;
+        ensure!(root.1.contains("shared:"), "/ not shared: {root:?}");
+        ensure!(
+            mount_at("/tmp")?.1.contains("shared:"),
+            "/tmp not shared (rshared)"
+        );
+        Ok(())
+    });
+    let mut v = minimal(json!([{ "destination": "/proc", "type": "proc", "source": "proc" }]));
+    v["linux"]["rootfsPropagation"] = json!("slave");
+    let spec = spec_of(&v);
+    run(&b, &spec, Options::default(), CloneFlags::empty(), || {
+        ensure!(
+            !mount_at("/")?.1.contains("shared:"),
+            "/ shared with rootfsPropagation=slave"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn sysctls_are_written_before_proc_sys_turns_read_only() {
+    let Some(b) = Bundle::new() else { return };
+    let mut v = fixture_json();
+    v["linux"]["sysctl"] = json!({ "net.ipv4.ip_forward": "1", "kernel.shmmni": "4000" });
+    let spec = spec_of(&v);
+    validate(&spec, b.path()).unwrap();
+    let spec2 = spec.clone();
+    run(
+        &b,
+        &spec,
+        Options::default(),
+        CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWCGROUP,
+        move || {
+            ensure!(
+                read("/proc/sys/net/ipv4/ip_forward")? == b"1\n",
+                "ip_forward not set"
+            );
+            ensure!(
+                read("/proc/sys/kernel/shmmni")? == b"4000\n",
+                "shmmni not set"
+            );
+            // /proc/sys is read-only now; re-applying the same values is fine...
+            apply_sysctl(&spec2).map_err(|e| format!("re-apply: {e}"))?;
+            // ...a different value is refused with EROFS.
+            let mut v = serde_json::to_value(&spec2).map_err(|e| e.to_string())?;
+            v["linux"]["sysctl"] = json!({ "net.ipv4.ip_forward": "0" });
+            let other: Spec = serde_json::from_value(v).map_err(|e| e.to_string())?;
+            match apply_sysctl(&other) {
+                Err(RootfsError::Sysctl { errno, .. }) if errno == nix::errno::Errno::EROFS => {}
+                r => return Err(format!("expected EROFS, got {r:?}")),
+            }
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn kernel_mount_errors_name_the_mount() {
+    let Some(b) = Bundle::new() else { return };
+    let spec = spec_of(&minimal(json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" },
+        { "destination": "/bad", "type": "tmpfs", "source": "tmpfs", "options": ["size=lots"] }
+    ])));
+    validate(&spec, b.path()).unwrap();
+    let rootfs = b.rootfs.clone();
+    let res = in_child(CloneFlags::empty(), || {
+        std::env::set_current_dir(b.path()).map_err(|e| format!("chdir: {e}"))?;
+        match prepare(&spec, &rootfs, &Options::default()) {
+            Err(e @ RootfsError::Mount { .. }) => {
+                let msg = e.to_string();
+                ensure!(
+                    msg.contains("/bad") && msg.contains("tmpfs") && msg.contains("EINVAL"),
+                    "message: {msg}"
+                );
+                Ok(())
+            }
+            r => Err(format!("expected a mount error, got {r:?}")),
+        }
+    });
+    assert!(host_mounts_mentioning(b.path()).is_empty());
+    res.unwrap();
+}
+
+#[track_caller]
+fn msg(r: Result<(), RootfsError>) -> String {
+    r.unwrap_err().to_string()
+}
+
+/// validate() of the fixture spec with one JSON change.
+fn validate_with(b: &Bundle, change: impl FnOnce(&mut Value)) -> Result<(), RootfsError> {
+    let mut v = fixture_json();
+    change(&mut v);
+    validate(&spec_of(&v), b.path())
+}
+
+#[test]
+fn validate_rejects_each_bad_input() {
+    let Some(b) = Bundle::new() else { return };
+    validate_with(&b, |_| {}).unwrap();
+
+    // Root.
+    let e = msg(validate_with(&b, |v| v["root"]["path"] = json!("nope")));
+    assert!(e.contains("nope"), "{e}");
+    std::fs::write(b.path().join("file"), b"").unwrap();
+    let e = msg(validate_with(&b, |v| v["root"]["path"] = json!("file")));
+    assert!(e.contains("not a directory"), "{e}");
+    let e = msg(validate_with(&b, |v| {
+        v.as_object_mut().unwrap().remove("root");
+    }));
+    assert!(e.contains("root"), "{e}");
+    // Mount destinations.
+    let e = msg(validate_with(&b, |v| {
+        v["mounts"][0]["destination"] = json!("proc")
+    }));
+    assert!(e.contains("mounts[0]") && e.contains("absolute"), "{e}");
+    let e = msg(validate_with(&b, |v| {
+        v["mounts"][1]["destination"] = json!("/dev/../../etc")
+    }));
+    assert!(e.contains("mounts[1]") && e.contains(".."), "{e}");
+    validate_with(&b, |v| v["mounts"][1]["destination"] = json!("/dev/../dev")).unwrap();
+    // Mount options and types.
+    let e = msg(validate_with(&b, |v| {
+        v["mounts"][1]["options"][0] = json!("nosiud")
+    }));
+    assert!(e.contains("mounts[1]") && e.contains("\"nosiud\""), "{e}");
+    let e = msg(validate_with(&b, |v| {
+        v["mounts"][0]["type"] = json!("procfs-typo")
+    }));
+    assert!(e.contains("procfs-typo"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        |v| {
+            v["mounts"][0] =
+                json!({ "destination": "/x", "source": "/tmp", "options": ["rbind", "size=1"] })
+        },
+    ));
+    assert!(e.contains("size=1"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        |v| {
+            v["mounts"][0] =
+                json!({ "destination": "/x", "source": "/nonexistent-src", "options": ["rbind"] })
+        },
+    ));
+    assert!(e.contains("nonexistent-src"), "{e}");
+    let e = msg(validate_with(&b, |v| {
+        v["mounts"][0] = json!({ "destination": "/x", "source": "x" })
+    }));
+    assert!(e.contains("no type"), "{e}");
+    // Filesystem data is passed through for filesystems we do not know.
+    validate_with(&b, |v| {
+        v["mounts"][0] = json!({ "destination": "/x", "type": "ext4", "source": "/dev/vdb", "options": ["ro", "discard"] })
+    })
+    .unwrap();
+    // Devices.
+    let dev = |d: Value| move |v: &mut Value| v["linux"]["devices"] = json!([d]);
+    let e = msg(validate_with(
+        &b,
+        dev(json!({ "path": "/dev/x", "type": "c" })),
+    ));
+    assert!(e.contains("/dev/x") && e.contains("major"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        dev(json!({ "path": "/dev/x", "type": "a", "major": 1, "minor": 1 })),
+    ));
+    assert!(e.contains("type"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        dev(json!({ "path": "dev/x", "type": "c", "major": 1, "minor": 1 })),
+    ));
+    assert!(e.contains("absolute"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        dev(json!({ "path": "/dev/x", "type": "b", "major": 5000, "minor": 1 })),
+    ));
+    assert!(e.contains("major 5000"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        dev(json!({ "path": "/dev/x", "type": "c", "major": 1, "minor": 1, "fileMode": 8630 })),
+    ));
+    assert!(e.contains("fileMode"), "{e}");
+    validate_with(&b, dev(json!({ "path": "/dev/fifo", "type": "p" }))).unwrap();
+    // An unknown device type does not even parse as a Spec.
+    let mut v = fixture_json();
+    v["linux"]["devices"] = json!([{ "path": "/dev/x", "type": "q", "major": 1, "minor": 1 }]);
+    assert!(serde_json::from_value::<Spec>(v).is_err());
+    // Propagation.
+    let e = msg(validate_with(&b, |v| {
+        v["linux"]["rootfsPropagation"] = json!("rshard")
+    }));
+    assert!(e.contains("rshard"), "{e}");
+    validate_with(&b, |v| v["linux"]["rootfsPropagation"] = json!("rslave")).unwrap();
+    // Masked / read-only paths.
+    let e = msg(validate_with(&b, |v| {
+        v["linux"]["maskedPaths"][0] = json!("proc/kcore")
+    }));
+    assert!(e.contains("maskedPaths") && e.contains("proc/kcore"), "{e}");
+    let e = msg(validate_with(&b, |v| {
+        v["linux"]["readonlyPaths"][0] = json!("/../proc")
+    }));
+    assert!(e.contains("readonlyPaths"), "{e}");
+    // Sysctls.
+    let e = msg(validate_with(&b, |v| {
+        v["linux"]["sysctl"] = json!({ "kernel.core_pattern": "x" })
+    }));
+    assert!(
+        e.contains("kernel.core_pattern") && e.contains("namespaced"),
+        "{e}"
+    );
+    let e = msg(validate_with(&b, |v| {
+        v["linux"]["sysctl"] = json!({ "net/../../kernel/x": "1" })
+    }));
+    assert!(e.contains(".."), "{e}");
+    let e = msg(validate_with(&b, |v| {
+        v["linux"]["namespaces"] = json!([{ "type": "mount" }, { "type": "network" }]);
+        v["linux"]["sysctl"] = json!({ "kernel.hostname": "x" })
+    }));
+    assert!(e.contains("Uts"), "{e}");
+    validate_with(&b, |v| {
+        v["linux"]["sysctl"] = json!({ "net.ipv4.ip_forward": "1" })
+    })
+    .unwrap();
+}
