@@ -740,7 +740,10 @@ fn sysctls_are_written_before_proc_sys_turns_read_only() {
             v["linux"]["sysctl"] = json!({ "net.ipv4.ip_forward": "0" });
             let other: Spec = serde_json::from_value(v).map_err(|e| e.to_string())?;
             match apply_sysctl(&other) {
-                Err(RootfsError::Sysctl { errno, .. }) if errno == nix::errno::Errno::EROFS => {}
+                Err(RootfsError::Sysctl {
+                    errno: nix::errno::Errno::EROFS,
+                    ..
+                }) => {}
                 r => return Err(format!("expected EROFS, got {r:?}")),
             }
             Ok(())
