@@ -9,6 +9,7 @@
 //! resolved target, as runc does.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -230,7 +231,7 @@ fn filesystem(
 
 /// One line of /proc/self/cgroup: (controllers or `name=x`, path).
 fn own_cgroups() -> Result<Vec<(String, PathBuf)>, Errno> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| io_errno(&e))?;
+    let text = mountinfo::read_proc_file("/proc/self/cgroup").map_err(|e| io_errno(&e))?;
     Ok(text
         .lines()
         .filter_map(|l| {
@@ -346,15 +347,21 @@ fn cgroup(ctx: &mut Ctx<'_>, dest: &Path, p: &Parsed, e: &Err<'_>) -> Result<(),
         }
         done.push(name);
         let subs = v1_subsystems(&h.super_options);
+        // A fresh directory in our own new tmpfs: no symlink can be in the
+        // way, so address it by path below the tmpfs fd.
         mkdirat(tmp.as_fd(), name, Mode::from_bits_truncate(0o755))
             .map_err(e.at("mkdir cgroup hierarchy dir"))?;
-        let sub = open_in_root(tmp.as_fd(), Path::new(name), OFlag::O_DIRECTORY)
-            .map_err(e.at("open cgroup hierarchy dir"))?;
+        let mut sub_path = sys::proc_fd_path(tmp.as_fd()).into_bytes();
+        sub_path.push(b'/');
+        sub_path.extend_from_slice(name.as_bytes());
+        let sub_path = std::ffi::CString::new(sub_path)
+            .map_err(|_| Errno::EINVAL)
+            .map_err(e.at("cgroup path"))?;
         if cgroupns {
             let data = subs.join(",");
             mount(
                 Some("cgroup"),
-                sys::proc_fd_path(sub.as_fd()).as_c_str(),
+                sub_path.as_c_str(),
                 Some("cgroup"),
                 p.flags,
                 Some(data.as_str()),
@@ -372,7 +379,10 @@ fn cgroup(ctx: &mut Ctx<'_>, dest: &Path, p: &Parsed, e: &Err<'_>) -> Result<(),
             attr.set |= libc::MOUNT_ATTR_RDONLY * u64::from(p.readonly());
             sys::mount_setattr(tree.as_fd(), attr, false)
                 .map_err(e.at("mount_setattr host cgroup"))?;
-            sys::move_mount_fd(tree.as_fd(), sub.as_fd())
+            let name_c = std::ffi::CString::new(name.as_bytes())
+                .map_err(|_| Errno::EINVAL)
+                .map_err(e.at("cgroup path"))?;
+            sys::move_mount_at(tree.as_fd(), tmp.as_fd(), &name_c)
                 .map_err(e.at("move_mount host cgroup"))?;
         }
         // Co-mounted controllers ("cpu,cpuacct") get one symlink per controller.

@@ -918,3 +918,33 @@ fn validate_rejects_each_bad_input() {
     })
     .unwrap();
 }
+
+/// Not a check: prints how long prepare() takes for the fixture spec
+/// (`cargo test -p vessel-runtime prepare_cost -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn prepare_cost() {
+    let Some(b) = Bundle::new() else { return };
+    let spec = Spec::load(fixtures().join("config.json")).unwrap();
+    let rounds = 20;
+    let time = |with_prepare: bool| {
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            in_child(CloneFlags::CLONE_NEWCGROUP, || {
+                if with_prepare {
+                    std::env::set_current_dir(b.path()).map_err(|e| e.to_string())?;
+                    prepare(&spec, &b.rootfs, &Options::default()).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        start.elapsed() / rounds
+    };
+    let base = time(false);
+    let full = time(true);
+    println!(
+        "fork+unshare+exit: {base:?}; with prepare(fixture spec): {full:?}; prepare ≈ {:?}",
+        full.saturating_sub(base)
+    );
+}
