@@ -85,7 +85,6 @@ pub(crate) fn mask(root: BorrowedFd<'_>, paths: &[String]) -> Result<(), RootfsE
 /// A detached, read-only, empty tmpfs mount.
 fn empty_tmpfs() -> Result<OwnedFd, Errno> {
     let fs = sys::fsopen(c"tmpfs")?;
-    sys::fsconfig(fs.as_fd(), Some(c"size"), Some(c"0"))?;
     sys::fsconfig(fs.as_fd(), Some(c"mode"), Some(c"0555"))?;
     sys::fsconfig(fs.as_fd(), Some(c"ro"), None)?;
     sys::fsconfig(fs.as_fd(), None, None)?;
