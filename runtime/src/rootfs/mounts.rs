@@ -53,13 +53,13 @@ pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
 }
 
 /// Error builder for one mount entry.
-struct Err<'m> {
+struct MountErr<'m> {
     m: &'m Mount,
     dest: &'m Path,
     fstype: &'m str,
 }
 
-impl Err<'_> {
+impl MountErr<'_> {
     fn at(&self, op: &'static str) -> impl FnOnce(Errno) -> RootfsError + '_ {
         move |errno| RootfsError::Mount {
             destination: self.dest.to_path_buf(),
@@ -83,7 +83,7 @@ pub(crate) fn mount_entry(ctx: &mut Ctx<'_>, index: usize, m: &Mount) -> Result<
         .ok_or_else(|| invalid("destination must be absolute and stay inside the rootfs".into()))?;
     match &parsed.kind {
         Kind::Bind { recursive } => {
-            let e = Err {
+            let e = MountErr {
                 m,
                 dest: &dest,
                 fstype: "bind",
@@ -91,7 +91,7 @@ pub(crate) fn mount_entry(ctx: &mut Ctx<'_>, index: usize, m: &Mount) -> Result<
             bind(ctx, m, &dest, &parsed, *recursive, &e)
         }
         Kind::Cgroup => {
-            let e = Err {
+            let e = MountErr {
                 m,
                 dest: &dest,
                 fstype: "cgroup",
@@ -99,7 +99,7 @@ pub(crate) fn mount_entry(ctx: &mut Ctx<'_>, index: usize, m: &Mount) -> Result<
             cgroup(ctx, &dest, &parsed, &e)
         }
         Kind::Fs(t) => {
-            let e = Err {
+            let e = MountErr {
                 m,
                 dest: &dest,
                 fstype: t,
@@ -131,7 +131,7 @@ fn apply_attrs(
     fd: BorrowedFd<'_>,
     p: &Parsed,
     per_mount: MountAttr,
-    e: &Err<'_>,
+    e: &MountErr<'_>,
 ) -> Result<(), RootfsError> {
     if !p.rec_attr.is_empty() {
         sys::mount_setattr(fd, p.rec_attr, true)
@@ -143,7 +143,7 @@ fn apply_attrs(
     Ok(())
 }
 
-fn apply_propagation(fd: BorrowedFd<'_>, p: &Parsed, e: &Err<'_>) -> Result<(), RootfsError> {
+fn apply_propagation(fd: BorrowedFd<'_>, p: &Parsed, e: &MountErr<'_>) -> Result<(), RootfsError> {
     for prop in &p.propagation {
         let attr = MountAttr {
             propagation: (*prop & !MsFlags::MS_REC).bits(),
@@ -161,7 +161,7 @@ fn bind(
     dest: &Path,
     p: &Parsed,
     recursive: bool,
-    e: &Err<'_>,
+    e: &MountErr<'_>,
 ) -> Result<(), RootfsError> {
     let source = m
         .source()
@@ -187,7 +187,7 @@ fn filesystem(
     dest: &Path,
     p: &Parsed,
     fstype: &str,
-    e: &Err<'_>,
+    e: &MountErr<'_>,
 ) -> Result<(), RootfsError> {
     let target =
         ensure_in_root(ctx.root, dest, Want::Dir).map_err(e.at("resolve/create mount point"))?;
@@ -272,7 +272,7 @@ fn same_set(a: &[&str], b: &str) -> bool {
 /// mount per hierarchy showing the container's own cgroup (a fresh cgroup
 /// mount inside a cgroup namespace, else a bind of the host directory); on
 /// a unified host, cgroup2 (fresh in a cgroup namespace, else a bind).
-fn cgroup(ctx: &mut Ctx<'_>, dest: &Path, p: &Parsed, e: &Err<'_>) -> Result<(), RootfsError> {
+fn cgroup(ctx: &mut Ctx<'_>, dest: &Path, p: &Parsed, e: &MountErr<'_>) -> Result<(), RootfsError> {
     let rootfs = ctx.rootfs.to_path_buf();
     let cgroupns = ctx.cgroupns;
     let root = ctx.root;

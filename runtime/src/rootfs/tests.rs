@@ -351,6 +351,12 @@ fn fixture_spec_builds_a_working_root() {
                 ensure!(mode == 0o666, "{p} mode {mode:o}");
             }
             std::fs::write("/dev/null", b"x").map_err(|e| format!("write /dev/null: {e}"))?;
+            // Created with mknod on the /dev tmpfs, not bound from the host.
+            let dev_fs = std::fs::metadata("/dev").map_err(|e| e.to_string())?.dev();
+            let null_fs = std::fs::metadata("/dev/null")
+                .map_err(|e| e.to_string())?
+                .dev();
+            ensure!(dev_fs == null_fs, "/dev/null not a node on /dev");
             check_link("/dev/ptmx", "pts/ptmx")?;
             check_link("/dev/fd", "/proc/self/fd")?;
             check_link("/dev/stdin", "/proc/self/fd/0")?;
@@ -463,6 +469,7 @@ fn symlinked_destinations_stay_inside_the_rootfs() {
         },
     );
     // Nothing was created or mounted on the host side.
+    assert!(host_mounts_mentioning(Path::new("/tmp/vessel-outside")).is_empty());
     assert!(
         std::fs::read_dir(&outside).unwrap().next().is_none(),
         "host {outside:?} was written to"
@@ -660,8 +667,17 @@ fn user_namespace_binds_devices_and_sysfs() {
         std::env::set_current_dir(b.path()).map_err(|e| format!("chdir: {e}"))?;
         enter_userns()?;
         prepare(&spec, &rootfs, &Options::default()).map_err(|e| format!("prepare: {e}"))?;
-        // mknod is refused in a user namespace: the host's nodes are bound.
+        // mknod is refused in a user namespace: the host's nodes are bound
+        // (so they live on the host's devtmpfs, not on our /dev tmpfs).
         check_char_dev("/dev/null", 1, 3)?;
+        let dev_fs = std::fs::metadata("/dev").map_err(|e| e.to_string())?.dev();
+        let null_fs = std::fs::metadata("/dev/null")
+            .map_err(|e| e.to_string())?
+            .dev();
+        ensure!(
+            dev_fs != null_fs,
+            "/dev/null was not bind-mounted from the host"
+        );
         check_char_dev("/dev/urandom", 1, 9)?;
         std::fs::write("/dev/null", b"x").map_err(|e| format!("write /dev/null: {e}"))?;
         check_link("/dev/ptmx", "pts/ptmx")?;
