@@ -41,6 +41,19 @@ pub use error::RootfsError;
 pub use sysctl::apply_sysctl;
 pub use validate::{root_path, validate};
 
+/// Whether this process is in the same mount namespace as /proc's pid 1
+/// (false if that cannot be determined, e.g. /proc/1 is not accessible).
+fn shares_init_mount_ns() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata("/proc/self/ns/mnt"),
+        std::fs::metadata("/proc/1/ns/mnt"),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// How to switch to the new root.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Options {
@@ -61,6 +74,21 @@ pub struct Options {
 /// can make /proc/sys read-only); calling [`apply_sysctl`] afterwards is
 /// harmless but unnecessary.
 pub fn prepare(spec: &Spec, rootfs: &Path, opts: &Options) -> Result<(), RootfsError> {
+    if !rootfs.is_absolute() {
+        return Err(RootfsError::RootPath {
+            path: rootfs.to_path_buf(),
+            reason: "prepare() needs the absolute canonical rootfs path".into(),
+        });
+    }
+    // Everything below rearranges the mount table: refuse to touch the
+    // host's (pid 1's) mount namespace.
+    if shares_init_mount_ns() {
+        return Err(RootfsError::path(
+            "prepare() must run in a new mount namespace; refusing to modify",
+            "/proc/1/ns/mnt",
+            nix::errno::Errno::EPERM,
+        ));
+    }
     let linux = spec.linux().as_ref();
     let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
         Some(p) if !p.is_empty() => Some(

@@ -1044,3 +1044,32 @@ fn cgroup_without_namespace_binds_own_cgroups() {
         },
     );
 }
+
+#[test]
+fn refuses_the_host_mount_namespace() {
+    // The test process shares pid 1's mount namespace (unless the whole
+    // suite runs in a container): prepare's guard must see that...
+    let host_ns =
+        std::fs::read_link("/proc/self/ns/mnt").ok() == std::fs::read_link("/proc/1/ns/mnt").ok();
+    if !host_ns {
+        println!("SKIPPED: test process is not in pid 1's mount namespace");
+        return;
+    }
+    assert!(shares_init_mount_ns());
+    // ...and a child with its own mount namespace passes it.
+    in_child(CloneFlags::empty(), || {
+        ensure!(
+            !shares_init_mount_ns(),
+            "new mount namespace not recognised"
+        );
+        Ok(())
+    })
+    .unwrap();
+    // prepare() is not called with a valid rootfs here: if the guard were
+    // broken it would rearrange the host's mounts. A relative rootfs is
+    // refused before anything is touched.
+    assert!(matches!(
+        prepare(&Spec::default(), Path::new("relative"), &Options::default()),
+        Err(RootfsError::RootPath { .. })
+    ));
+}
