@@ -203,20 +203,27 @@ fn filesystem(
     );
     match res {
         Ok(()) => {}
-        // In a user namespace without its own network namespace the kernel
-        // refuses a new sysfs; bind the host's instead (as runc does).
-        Err(Errno::EPERM) if fstype == "sysfs" => {
-            let tree = clone_tree(Path::new("/sys"), true)
-                .map_err(e.at("open_tree /sys (sysfs fallback)"))?;
-            let attr = MountAttr {
-                set: p.bind_attr().set,
-                clr: p.bind_attr().clr,
-                propagation: 0,
+        // In a user namespace that does not own the network (sysfs) or IPC
+        // (mqueue) namespace the kernel refuses a new instance; bind the
+        // host's instead (as runc does).
+        Err(Errno::EPERM) if fstype == "sysfs" || fstype == "mqueue" => {
+            let host = if fstype == "sysfs" {
+                "/sys"
+            } else {
+                "/dev/mqueue"
             };
-            sys::mount_setattr(tree.as_fd(), attr, true)
-                .map_err(e.at("mount_setattr (sysfs fallback)"))?;
+            let tree = clone_tree(Path::new(host), true)
+                .map_err(e.at("open_tree host instance (EPERM fallback)"))?;
+            let attr = MountAttr {
+                propagation: 0,
+                ..p.bind_attr()
+            };
+            if !attr.is_empty() {
+                sys::mount_setattr(tree.as_fd(), attr, true)
+                    .map_err(e.at("mount_setattr (EPERM fallback)"))?;
+            }
             sys::move_mount_fd(tree.as_fd(), target.as_fd())
-                .map_err(e.at("move_mount (sysfs fallback)"))?;
+                .map_err(e.at("move_mount (EPERM fallback)"))?;
         }
         Err(errno) => return Err(e.at("mount")(errno)),
     }

@@ -659,6 +659,15 @@ fn user_namespace_binds_devices_and_sysfs() {
         { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"] },
         { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }
     ]));
+    // mqueue falls back to binding the host's /dev/mqueue, if it has one.
+    let host_mqueue = Path::new("/dev/mqueue").is_dir();
+    if host_mqueue {
+        v["mounts"].as_array_mut().unwrap().push(
+            json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] }),
+        );
+    } else {
+        println!("note: host has no /dev/mqueue; mqueue fallback not exercised");
+    }
     v["linux"]["namespaces"] = json!([{ "type": "user" }, { "type": "mount" }]);
     let spec = spec_of(&v);
     validate(&spec, b.path()).unwrap();
@@ -689,6 +698,10 @@ fn user_namespace_binds_devices_and_sysfs() {
             "/sys writable"
         );
         ensure!(Path::new("/bin/busybox").exists(), "not in the new root");
+        if host_mqueue {
+            let mq = std::fs::metadata("/dev/mqueue").map_err(|e| format!("/dev/mqueue: {e}"))?;
+            ensure!(mq.dev() != dev_fs, "/dev/mqueue not mounted");
+        }
         Ok(())
     });
     assert!(host_mounts_mentioning(b.path()).is_empty());
