@@ -1004,6 +1004,10 @@ fn cgroup_without_namespace_binds_own_cgroups() {
     let Some(b) = Bundle::new() else { return };
     let mut v = fixture_json();
     v["linux"]["namespaces"] = json!([{ "type": "mount" }]);
+    // An explicit cgroup2 mount is an ordinary filesystem mount.
+    v["mounts"].as_array_mut().unwrap().push(
+        json!({ "destination": "/run/cg2", "type": "cgroup2", "source": "cgroup2", "options": ["nosuid", "nodev", "noexec", "ro"] }),
+    );
     v["linux"]["maskedPaths"] = json!([]);
     v["linux"]["readonlyPaths"] = json!([]);
     let spec = spec_of(&v);
