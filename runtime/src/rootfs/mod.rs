@@ -13,6 +13,20 @@
 //! 5. pivot_root (or MS_MOVE + chroot with [`Options::no_pivot`]);
 //! 6. `linux.sysctl` (before /proc/sys may become read-only);
 //! 7. maskedPaths, readonlyPaths, read-only `/`, rootfsPropagation of `/`.
+//!
+//! Where this differs from runc, on purpose:
+//! - bind mounts are cloned with `open_tree`, get their flags with
+//!   `mount_setattr` while still detached and are then attached with
+//!   `move_mount`: no window where a `ro` bind is writable, and flags not named
+//!   in the options are inherited from the source instead of being reset
+//!   by an MS_REMOUNT (so a `nosuid` source stays `nosuid`);
+//! - readonlyPaths are made read-only recursively (submounts included);
+//! - unknown mount options are an error, not silently passed as data, for
+//!   the filesystems a container spec normally uses (proc, sysfs, tmpfs,
+//!   devpts, mqueue, cgroup, cgroup2, bind); other filesystems get every
+//!   non-generic option as data;
+//! - id-mapped mounts (`idmap`, `ridmap`, `uidMappings`) and runc's
+//!   `tmpcopyup` extension are refused with a clear error.
 
 mod devices;
 mod error;
