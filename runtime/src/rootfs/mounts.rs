@@ -116,7 +116,7 @@ fn clone_tree(source: &Path, recursive: bool) -> Result<OwnedFd, Errno> {
     if recursive {
         flags |= libc::AT_RECURSIVE as u32;
     }
-    let c = sys::cstring(source.to_str().ok_or(Errno::EINVAL)?)?;
+    let c = sys::path_cstring(source)?;
     sys::open_tree(nix::fcntl::AT_FDCWD, &c, flags)
 }
 

@@ -169,7 +169,8 @@ pub(crate) fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
-/// Convert a Rust string to a C string, mapping interior NULs to `EINVAL`.
-pub(crate) fn cstring(s: &str) -> Result<CString, Errno> {
-    CString::new(s).map_err(|_| Errno::EINVAL)
+/// Convert a path to a C string, mapping interior NULs to `EINVAL`.
+pub(crate) fn path_cstring(p: &std::path::Path) -> Result<CString, Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
 }

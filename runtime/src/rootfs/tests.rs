@@ -413,6 +413,7 @@ fn symlinked_destinations_stay_inside_the_rootfs() {
     let outside = PathBuf::from(format!("/tmp/vessel-outside-{pid}"));
     let outside2 = PathBuf::from(format!("/tmp/vessel-outside2-{pid}"));
     let outside3 = PathBuf::from(format!("/tmp/vessel-outside3-{pid}"));
+    let outside_file = PathBuf::from(format!("/tmp/vessel-outside-file-{pid}"));
     // Guard: remove the host paths whatever happens.
     struct Cleanup(Vec<PathBuf>);
     impl Drop for Cleanup {
@@ -422,7 +423,12 @@ fn symlinked_destinations_stay_inside_the_rootfs() {
             }
         }
     }
-    let _g = Cleanup(vec![outside.clone(), outside2.clone(), outside3.clone()]);
+    let _g = Cleanup(vec![
+        outside.clone(),
+        outside2.clone(),
+        outside3.clone(),
+        outside_file.clone(),
+    ]);
     std::fs::create_dir(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, b.rootfs.join("evil")).unwrap();
     std::os::unix::fs::symlink(
@@ -431,6 +437,7 @@ fn symlinked_destinations_stay_inside_the_rootfs() {
     )
     .unwrap();
     std::os::unix::fs::symlink(&outside3, b.rootfs.join("tmp/evil3")).unwrap();
+    std::os::unix::fs::symlink(&outside_file, b.rootfs.join("etc/evilfile")).unwrap();
     let src = b.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("MARK"), b"inside").unwrap();
@@ -438,10 +445,16 @@ fn symlinked_destinations_stay_inside_the_rootfs() {
         { "destination": "/proc", "type": "proc", "source": "proc" },
         { "destination": "/evil", "type": "bind", "source": src, "options": ["rbind"] },
         { "destination": "/evil2/sub", "type": "tmpfs", "source": "tmpfs" },
-        { "destination": "/tmp/evil3/x/y", "type": "bind", "source": src, "options": ["bind", "ro"] }
+        { "destination": "/tmp/evil3/x/y", "type": "bind", "source": src, "options": ["bind", "ro"] },
+        { "destination": "/etc/evilfile", "type": "bind", "source": src.join("MARK"), "options": ["bind"] }
     ])));
     validate(&spec, b.path()).unwrap();
-    let (o1, o2, o3) = (outside.clone(), outside2.clone(), outside3.clone());
+    let (o1, o2, o3, of) = (
+        outside.clone(),
+        outside2.clone(),
+        outside3.clone(),
+        outside_file.clone(),
+    );
     run(
         &b,
         &spec,
@@ -476,6 +489,7 @@ fn symlinked_destinations_stay_inside_the_rootfs() {
     );
     assert!(!outside2.exists(), "host {outside2:?} was created");
     assert!(!outside3.exists(), "host {outside3:?} was created");
+    assert!(!outside_file.exists(), "host {outside_file:?} was created");
     assert!(
         b.rootfs.join(outside.strip_prefix("/").unwrap()).is_dir(),
         "in-root target not created"
