@@ -478,6 +478,11 @@ fn symlinked_destinations_stay_inside_the_rootfs() {
                 Path::new(&m3).join("MARK").exists(),
                 "nested bind not at in-root {m3:?}"
             );
+            // A dangling file symlink: the mount point file is created in-root.
+            ensure!(
+                read(&of.to_string_lossy())? == b"inside",
+                "file bind not at in-root {of:?}"
+            );
             Ok(())
         },
     );
