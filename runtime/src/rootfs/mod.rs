@@ -25,9 +25,12 @@
 //!   the filesystems a container spec normally uses (proc, sysfs, tmpfs,
 //!   devpts, mqueue, cgroup, cgroup2, bind); other filesystems get every
 //!   non-generic option as data;
-//! - id-mapped mounts (`idmap`, `ridmap`, `uidMappings`) and runc's
-//!   `tmpcopyup` extension are refused with a clear error.
+//! - id-mapped mounts (`idmap`, `ridmap`, `uidMappings`) are refused with a
+//!   clear error: the kernel only lets the initial user namespace idmap a
+//!   host filesystem, so they must be created by the parent and handed in;
+//! - runc's `tmpcopyup` extension copies owner and mode, not timestamps.
 
+mod copyup;
 mod devices;
 mod error;
 mod mountinfo;

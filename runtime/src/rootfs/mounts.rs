@@ -19,6 +19,7 @@ use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
 use nix::unistd::symlinkat;
 use oci_spec::runtime::Mount;
 
+use super::copyup;
 use super::error::RootfsError;
 use super::mountinfo::{self, MountEntry};
 use super::options::{self, Kind, Parsed};
@@ -194,11 +195,23 @@ fn filesystem(
     let source: PathBuf = m.source().clone().unwrap_or_else(|| PathBuf::from(fstype));
     let data = p.data_string();
     let data = (!data.is_empty()).then_some(data.as_str());
+    // tmpcopyup: keep a handle on the directory about to be covered.
+    let covered = match p.tmpcopyup {
+        true => {
+            Some(copyup::reopen_dir(target.as_fd()).map_err(e.at("open directory for tmpcopyup"))?)
+        }
+        false => None,
+    };
+    // With tmpcopyup the tmpfs is filled first and made read-only after.
+    let flags = match covered {
+        Some(_) => p.flags - MsFlags::MS_RDONLY,
+        None => p.flags,
+    };
     let res = mount(
         Some(source.as_path()),
         sys::proc_fd_path(target.as_fd()).as_c_str(),
         Some(fstype),
-        p.flags,
+        flags,
         data,
     );
     match res {
@@ -226,6 +239,21 @@ fn filesystem(
                 .map_err(e.at("move_mount (EPERM fallback)"))?;
         }
         Err(errno) => return Err(e.at("mount")(errno)),
+    }
+    if let Some(covered) = covered {
+        let top =
+            open_in_root(ctx.root, dest, OFlag::O_DIRECTORY).map_err(e.at("reopen new tmpfs"))?;
+        let top_dir =
+            copyup::reopen_dir(top.as_fd()).map_err(e.at("open new tmpfs for tmpcopyup"))?;
+        copyup::copy_dir(covered, top_dir).map_err(e.at("tmpcopyup"))?;
+        if p.readonly() {
+            let ro = MountAttr {
+                set: libc::MOUNT_ATTR_RDONLY,
+                ..Default::default()
+            };
+            sys::mount_setattr(top.as_fd(), ro, false)
+                .map_err(e.at("make read-only after tmpcopyup"))?;
+        }
     }
     if p.rec_attr.is_empty() && p.propagation.is_empty() {
         return Ok(());

@@ -1109,3 +1109,64 @@ fn refuses_the_host_mount_namespace() {
         Err(RootfsError::RootPath { .. })
     ));
 }
+
+#[test]
+fn tmpcopyup_fills_the_tmpfs_with_what_it_covers() {
+    let Some(b) = Bundle::new() else { return };
+    let etc = b.rootfs.join("etc");
+    std::fs::create_dir(etc.join("sub")).unwrap();
+    std::fs::set_permissions(etc.join("sub"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::write(etc.join("sub/secret"), b"s3").unwrap();
+    std::fs::set_permissions(
+        etc.join("sub/secret"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(etc.join("sub/secret"), Some(1000), Some(1001)).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", etc.join("link")).unwrap();
+    let spec = spec_of(&minimal(json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" },
+        { "destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup", "nosuid"] },
+        { "destination": "/usr", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup", "ro"] }
+    ])));
+    validate(&spec, b.path()).unwrap();
+    run(&b, &spec, Options::default(), CloneFlags::empty(), || {
+        ensure!(mount_at("/etc")?.2 == "tmpfs", "/etc not a tmpfs");
+        ensure!(
+            read("/etc/passwd")?.starts_with(b"root:"),
+            "/etc/passwd not copied"
+        );
+        let md = std::fs::metadata("/etc/sub").map_err(|e| e.to_string())?;
+        ensure!(
+            md.is_dir() && md.mode() & 0o7777 == 0o750,
+            "/etc/sub mode {:o}",
+            md.mode()
+        );
+        let md = std::fs::metadata("/etc/sub/secret").map_err(|e| e.to_string())?;
+        ensure!(
+            md.mode() & 0o7777 == 0o640 && md.uid() == 1000 && md.gid() == 1001,
+            "secret: {:o} {}:{}",
+            md.mode(),
+            md.uid(),
+            md.gid()
+        );
+        ensure!(read("/etc/sub/secret")? == b"s3", "secret content");
+        check_link("/etc/link", "/nonexistent/target")?;
+        let root_mode = std::fs::metadata("/etc").map_err(|e| e.to_string())?.mode() & 0o7777;
+        ensure!(root_mode == 0o755, "/etc mode {root_mode:o}");
+        // Writes go to the tmpfs only.
+        std::fs::write("/etc/new", b"x").map_err(|e| format!("write /etc/new: {e}"))?;
+        // The read-only one was filled before turning read-only.
+        ensure!(has_opt(&mount_at("/usr")?.1, "ro"), "/usr not read-only");
+        ensure!(Path::new("/usr/bin").is_dir(), "/usr/bin not copied");
+        ensure!(
+            errno_of(&std::fs::write("/usr/x", b"x")) == Some(libc::EROFS),
+            "/usr writable"
+        );
+        Ok(())
+    });
+    assert!(
+        !etc.join("new").exists(),
+        "tmpcopyup wrote through to the image"
+    );
+}
