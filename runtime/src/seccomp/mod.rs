@@ -43,7 +43,6 @@ mod syscall_table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use oci_spec::runtime::{
@@ -147,10 +146,7 @@ pub fn parse_profile(json: &str) -> Result<LinuxSeccomp, SeccompError> {
 
 /// The x86_64 number of a syscall name, if this table knows it.
 pub fn syscall_number(name: &str) -> Option<u32> {
-    syscall_table::X86_64
-        .binary_search_by(|(n, _)| (*n).cmp(name))
-        .ok()
-        .map(|i| syscall_table::X86_64[i].1)
+    syscall_table::lookup(name)
 }
 
 /// Compiles an OCI seccomp profile to a BPF filter for x86_64 (see the module docs for
@@ -195,7 +191,8 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
         rules: Vec<CondRule>,
         uncond: Option<u32>,
     }
-    let mut per_nr: BTreeMap<u32, Pending> = BTreeMap::new();
+    // Indexed by syscall number (all x86_64 numbers are below 512).
+    let mut per_nr: Vec<Option<Pending>> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     let mut notify = false;
 
@@ -238,7 +235,11 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
                 }
                 continue;
             };
-            let entry = per_nr.entry(nr).or_insert_with(|| Pending {
+            let slot = nr as usize;
+            if per_nr.len() <= slot {
+                per_nr.resize_with(slot + 1, || None);
+            }
+            let entry = per_nr[slot].get_or_insert_with(|| Pending {
                 rules: Vec::new(),
                 uncond: None,
             });
@@ -263,7 +264,9 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
     }
 
     let mut entries: Vec<SyscallEntry> = Vec::with_capacity(per_nr.len());
-    for (nr, mut p) in per_nr {
+    for (nr, p) in per_nr.into_iter().enumerate() {
+        let Some(mut p) = p else { continue };
+        let nr = nr as u32;
         let fallback = p.uncond.unwrap_or(default_ret);
         // Trailing rules that give the fallback's result anyway are dead weight.
         while p.rules.last().is_some_and(|r| r.ret == fallback) {
