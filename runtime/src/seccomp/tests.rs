@@ -986,3 +986,26 @@ fn notify_with_tsync_and_wait_killable_flags_installs() {
     });
     assert_eq!(exited(st), 0);
 }
+
+#[test]
+fn too_large_profile_is_refused() {
+    let rules: Vec<String> = (0..200)
+        .map(|i| {
+            let args: Vec<String> = (0..6)
+                .map(|a| format!(r#"{{"index":{a},"value":{},"op":"SCMP_CMP_GE"}}"#, i + a))
+                .collect();
+            format!(
+                r#"{{"names":["getppid"],"action":"SCMP_ACT_ERRNO","errnoRet":{},"args":[{}]}}"#,
+                i + 1,
+                args.join(",")
+            )
+        })
+        .collect();
+    let json = format!(
+        r#"{{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{}]}}"#,
+        rules.join(",")
+    );
+    let e = compile(&profile(&json)).unwrap_err();
+    assert!(matches!(e, SeccompError::TooLarge(n) if n > 4096), "{e}");
+    assert!(e.to_string().contains("4096"), "{e}");
+}
