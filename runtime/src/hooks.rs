@@ -407,25 +407,27 @@ mod tests {
         let pidfile = dir.path().join("pid");
         let h = hook(serde_json::json!({
             "path": "/bin/sh",
-            "args": ["sh", "-c", "sleep 600 & echo $! > \"$0\"; echo started >&2; wait", pidfile],
-            "timeout": 1,
+            "args": ["sh", "-c", "echo started >&2; sleep 600 & echo $! > \"$0\"; wait", pidfile],
+            "timeout": 2,
         }));
         let e = run(&[h], STATE).unwrap_err();
         let msg = e.to_string();
-        assert!(matches!(e, HookError::Timeout { timeout: 1, .. }), "{msg}");
+        assert!(matches!(e, HookError::Timeout { timeout: 2, .. }), "{msg}");
         assert!(
-            msg.contains("/bin/sh") && msg.contains("timed out"),
+            msg.contains("/bin/sh") && msg.contains("timed out after 2s"),
             "{msg}"
         );
-        assert!(msg.contains("started"), "{msg}");
-        // The background sleep was in the hook's process group and got killed too. It is
-        // reparented to init (or a subreaper) which reaps it; wait until it is gone.
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let gone = (0..200).any(|_| {
+        // On a machine so loaded that the shell did not get to start its background sleep
+        // within the timeout there is nothing more to check.
+        let pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        let Ok(pid) = pid.trim().parse::<i32>() else {
+            println!("note: the hook did not start its child before the timeout");
+            return;
+        };
+        assert!(msg.contains("started"), "stderr tail missing: {msg}");
+        // The background sleep was in the hook's process group and got SIGKILL too. It is
+        // reparented to init (or a subreaper); it counts as gone once it is a zombie.
+        let gone = (0..500).any(|_| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             if stat.is_empty() || stat.contains(") Z ") {
                 return true;
@@ -433,7 +435,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
             false
         });
-        assert!(gone, "background sleep {pid} survived");
+        assert!(gone, "background sleep {pid} survived the hook's timeout");
     }
 
     #[test]
