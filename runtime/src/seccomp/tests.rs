@@ -1009,3 +1009,34 @@ fn too_large_profile_is_refused() {
     assert!(matches!(e, SeccompError::TooLarge(n) if n > 4096), "{e}");
     assert!(e.to_string().contains("4096"), "{e}");
 }
+
+/// Per-syscall cost of the allow-list filter (getppid is allowed by it). Run with
+/// `cargo test -p vessel-runtime --release -- --ignored --nocapture bench_filter`.
+#[test]
+#[ignore]
+fn bench_filter_overhead() {
+    let f = compile(&profile(include_str!("testdata/allowlist-profile.json"))).unwrap();
+    let st = in_child(|| {
+        let calls = 1_000_000u32;
+        let per_call = || {
+            let t = thread_cpu_time();
+            for _ in 0..calls {
+                // SAFETY: no arguments.
+                std::hint::black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+            }
+            (thread_cpu_time() - t).as_nanos() as f64 / f64::from(calls)
+        };
+        let bare = per_call();
+        no_new_privs();
+        if f.install().is_err() {
+            return 1;
+        }
+        let filtered = per_call();
+        child_eprintln!(
+            "getppid: {bare:.0} ns without a filter, {filtered:.0} ns with the allow-list filter ({} insns)",
+            f.len()
+        );
+        0
+    });
+    assert_eq!(exited(st), 0);
+}
