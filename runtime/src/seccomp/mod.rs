@@ -26,7 +26,8 @@
 //!   action. Two unconditional rules with different actions for one syscall are refused
 //!   (libseccomp refuses them too). Rules whose outcome equals the fallback are dropped.
 //! * **Argument comparisons** are on the full 64-bit register, like libseccomp on 64-bit
-//!   arches. For `SCMP_CMP_MASKED_EQ`, `value` is the mask and `valueTwo` the expected value.
+//!   arches. For `SCMP_CMP_MASKED_EQ`, `value` is the mask and `valueTwo` the expected value
+//!   (`arg & value == valueTwo`; a `valueTwo` with bits outside the mask never matches).
 //! * **Actions.** `SCMP_ACT_ERRNO` returns `errnoRet` (default `EPERM`), `SCMP_ACT_TRACE`
 //!   passes `errnoRet` (default 0) to the tracer (without a tracer the syscall fails with
 //!   `ENOSYS`), `SCMP_ACT_KILL` is `SCMP_ACT_KILL_THREAD`. `errnoRet`/`defaultErrnoRet` on
@@ -227,6 +228,16 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
                     .map_err(|source| SeccompError::Rule { nr: 0, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // libseccomp compares `arg & mask` with `valueTwo` as given, so a `valueTwo` with
+        // bits outside the mask never matches; seccompiler would mask it first. Such a
+        // rule can never apply: leave it out to keep libseccomp's meaning.
+        let never_matches = sc.args().iter().flatten().any(|a| {
+            a.op() == LinuxSeccompOperator::ScmpCmpMaskedEq
+                && a.value_two().unwrap_or(0) & !a.value() != 0
+        });
+        if never_matches {
+            continue;
+        }
 
         for name in sc.names() {
             let Some(nr) = syscall_number(name) else {
