@@ -25,6 +25,8 @@
 //!   matches, an unconditional rule (no `args`) for that syscall decides, else the default
 //!   action. Two unconditional rules with different actions for one syscall are refused
 //!   (libseccomp refuses them too). Rules whose outcome equals the fallback are dropped.
+//! * **Conditions of one rule are ANDed**, except when the rule compares the same argument
+//!   more than once: then, as runc does, each comparison is a rule of its own (ORed).
 //! * **Argument comparisons** are on the full 64-bit register, like libseccomp on 64-bit
 //!   arches. For `SCMP_CMP_MASKED_EQ`, `value` is the mask and `valueTwo` the expected value
 //!   (`arg & value == valueTwo`; a `valueTwo` with bits outside the mask never matches).
@@ -238,6 +240,14 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
         if never_matches {
             continue;
         }
+        // runc: when one rule compares the same argument more than once (which libseccomp
+        // refuses within a rule), each comparison becomes a rule of its own (OR).
+        let mut seen = [false; 6];
+        let split_conditions = sc.args().iter().flatten().any(|a| {
+            let dup = seen[a.index()];
+            seen[a.index()] = true;
+            dup
+        });
 
         for name in sc.names() {
             let Some(nr) = syscall_number(name) else {
@@ -264,6 +274,13 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
                         })
                     }
                     _ => entry.uncond = Some(ret),
+                }
+            } else if split_conditions {
+                for c in &conditions {
+                    entry.rules.push(CondRule {
+                        conditions: vec![c.clone()],
+                        ret,
+                    });
                 }
             } else {
                 entry.rules.push(CondRule {

@@ -273,6 +273,24 @@ fn several_args_in_one_rule_are_anded() {
 }
 
 #[test]
+fn same_argument_twice_in_one_rule_is_or_like_runc() {
+    let f = compile(&profile(
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["getppid"],
+            "action":"SCMP_ACT_ERRNO","errnoRet":9,
+            "args":[{"index":0,"value":1,"op":"SCMP_CMP_EQ"},
+                    {"index":0,"value":2,"op":"SCMP_CMP_EQ"}]}]}"#,
+    ))
+    .unwrap();
+    let st = run_filtered(&f, || {
+        let a = getppid_args(1, 0).1 == 9;
+        let b = getppid_args(2, 0).1 == 9;
+        let c = getppid_args(3, 0).1 == 9;
+        i32::from(a) | i32::from(b) << 1 | i32::from(c) << 2
+    });
+    assert_eq!(exited(st), 3);
+}
+
+#[test]
 fn several_rules_for_one_syscall_first_match_then_unconditional() {
     let f = compile(&profile(
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
@@ -864,7 +882,11 @@ fn reference(spec: &LinuxSeccomp, nr: u32, args: [u64; 6]) -> u32 {
             uncond.get_or_insert(ret);
             continue;
         }
-        let all = conds.iter().all(|c| {
+        let mut indexes: Vec<usize> = conds.iter().map(|c| c.index()).collect();
+        indexes.sort();
+        indexes.dedup();
+        let or = indexes.len() < conds.len();
+        let test = |c: &oci_spec::runtime::LinuxSeccompArg| {
             let a = args[c.index()];
             match c.op() {
                 LinuxSeccompOperator::ScmpCmpNe => a != c.value(),
@@ -877,8 +899,13 @@ fn reference(spec: &LinuxSeccomp, nr: u32, args: [u64; 6]) -> u32 {
                     a & c.value() == c.value_two().unwrap_or(0)
                 }
             }
-        });
-        if all {
+        };
+        let matched = if or {
+            conds.iter().any(test)
+        } else {
+            conds.iter().all(test)
+        };
+        if matched {
             return ret;
         }
     }
@@ -967,6 +994,8 @@ fn overlapping_argument_rules_match_reference_semantics() {
             {"names":["open","openat","stat"],"action":"SCMP_ACT_TRACE","errnoRet":9},
             {"names":["openat","close"],"action":"SCMP_ACT_ERRNO","errnoRet":12,
              "args":[{"index":0,"value":255,"valueTwo":256,"op":"SCMP_CMP_MASKED_EQ"}]},
+            {"names":["stat","close"],"action":"SCMP_ACT_ERRNO","errnoRet":14,
+             "args":[{"index":1,"value":7,"op":"SCMP_CMP_EQ"},{"index":1,"value":40,"op":"SCMP_CMP_EQ"}]},
             {"names":["openat"],"action":"SCMP_ACT_ERRNO","errnoRet":13,
              "args":[{"index":0,"value":15,"valueTwo":7,"op":"SCMP_CMP_MASKED_EQ"},
                      {"index":1,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
