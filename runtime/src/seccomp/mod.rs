@@ -24,7 +24,9 @@
 //!   first whose conditions all match (conditions of one rule are ANDed) decides; if none
 //!   matches, an unconditional rule (no `args`) for that syscall decides, else the default
 //!   action. Two unconditional rules with different actions for one syscall are refused
-//!   (libseccomp refuses them too). Rules whose outcome equals the fallback are dropped.
+//!   (libseccomp refuses them too). Rules whose action is the default action are skipped,
+//!   as runc does (libseccomp refuses them), even where first-match order would give them
+//!   a meaning.
 //! * **Conditions of one rule are ANDed**, except when the rule compares the same argument
 //!   more than once: then, as runc does, each comparison is a rule of its own (ORed).
 //! * **Argument comparisons** are on the full 64-bit register, like libseccomp on 64-bit
@@ -237,7 +239,8 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
             a.op() == LinuxSeccompOperator::ScmpCmpMaskedEq
                 && a.value_two().unwrap_or(0) & !a.value() != 0
         });
-        if never_matches {
+        // runc skips rules whose action is the default action (libseccomp refuses them).
+        if never_matches || ret == default_ret {
             continue;
         }
         // runc: when one rule compares the same argument more than once (which libseccomp

@@ -230,10 +230,10 @@ fn argument_operators() {
 
 #[test]
 fn personality_query_arg() {
-    // Docker-style: personality allowed only for the query value 0xffffffff.
+    // Docker-style: personality allowed only for some values, e.g. the query 0xffffffff.
     let f = compile(&profile(
-        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
-            {"names":["personality"],"action":"SCMP_ACT_ERRNO","errnoRet":5},
+        r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":5,"syscalls":[
+            {"names":["exit_group","exit","rt_sigreturn","write"],"action":"SCMP_ACT_ALLOW"},
             {"names":["personality"],"action":"SCMP_ACT_ALLOW",
              "args":[{"index":0,"value":4294967295,"op":"SCMP_CMP_EQ"}]}]}"#,
     ))
@@ -252,6 +252,22 @@ fn personality_query_arg() {
         errno()
     });
     assert_eq!(exited(st), 5);
+}
+
+#[test]
+fn rules_with_the_default_action_are_skipped_like_runc() {
+    // The ERRNO rule for arg 1 equals the default action: runc drops it, so the
+    // unconditional ALLOW decides for arg 1 too.
+    let f = compile(&profile(
+        r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[
+            {"names":["exit_group","exit","rt_sigreturn","write"],"action":"SCMP_ACT_ALLOW"},
+            {"names":["getppid"],"action":"SCMP_ACT_ERRNO",
+             "args":[{"index":0,"value":1,"op":"SCMP_CMP_EQ"}]},
+            {"names":["getppid"],"action":"SCMP_ACT_ALLOW"}]}"#,
+    ))
+    .unwrap();
+    let st = run_filtered(&f, || i32::from(getppid_args(1, 0).0 <= 0));
+    assert_eq!(exited(st), 0);
 }
 
 #[test]
@@ -877,6 +893,9 @@ fn reference(spec: &LinuxSeccomp, nr: u32, args: [u64; 6]) -> u32 {
             continue;
         }
         let ret = action_ret(sc.action(), sc.errno_ret(), String::new).unwrap();
+        if ret == default {
+            continue;
+        }
         let conds = sc.args().clone().unwrap_or_default();
         if conds.is_empty() {
             uncond.get_or_insert(ret);
