@@ -3,7 +3,9 @@
 //! * `path` is executed with `args` (`args[0]` is `argv[0]`; without args `argv[0]` is the
 //!   path). With `env` the hook gets exactly that environment; without it the hook inherits
 //!   the runtime's environment (as runc does).
-//! * The state JSON is written to the hook's stdin, which is then closed.
+//! * The state JSON is written to the hook's stdin, which is then closed. A hook that does
+//!   not read it is fine: the write fails with `EPIPE`, which relies on SIGPIPE being
+//!   ignored, as the Rust runtime arranges in every Rust binary.
 //! * `timeout` (seconds, > 0) kills the hook's whole process group with SIGKILL when it
 //!   expires and fails with [`HookError::Timeout`].
 //! * A non-zero exit or a death by signal fails with [`HookError::Failed`], naming the
@@ -234,9 +236,10 @@ pub fn run_one(hook: &Hook, state_json: &str) -> Result<(), HookError> {
         {
             set_nonblocking(&fd).map_err(|e| io_err("fcntl")(e.into()))?;
         }
+        // A timeout too large to represent is no timeout.
         let deadline = hook
             .timeout()
-            .map(|t| Instant::now() + Duration::from_secs(t as u64));
+            .and_then(|t| Instant::now().checked_add(Duration::from_secs(t as u64)));
         let input = state_json.as_bytes();
         let mut written = 0usize;
         let (mut out, mut err) = (Tail::default(), Tail::default());
@@ -495,6 +498,12 @@ mod tests {
             .unwrap();
         // SAFETY: signalling the sleep this test started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+
+    #[test]
+    fn huge_timeout_is_no_timeout() {
+        let h = hook(serde_json::json!({"path": "/bin/true", "timeout": i64::MAX}));
+        run_one(&h, STATE).unwrap();
     }
 
     #[test]
