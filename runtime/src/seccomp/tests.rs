@@ -695,6 +695,33 @@ fn allowlist_profile_compiles_and_runs() {
         if unsafe { libc::syscall(libc::SYS_acct, 0usize) } != -1 || errno() != libc::EPERM {
             return 5;
         }
+        // clone: allowed without namespace flags (MASKED_EQ rule), denied with them.
+        let flags = (libc::CLONE_NEWUTS | libc::SIGCHLD) as libc::c_ulong;
+        // SAFETY: the filter refuses this clone before the kernel acts on it.
+        let r = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+        if r != -1 || errno() != libc::EPERM {
+            if r == 0 {
+                // SAFETY: we are an unexpected child; leave at once.
+                unsafe { libc::_exit(0) };
+            }
+            return 6;
+        }
+        // SAFETY: plain fork in a single-threaded child; the grandchild only _exits.
+        match unsafe { libc::fork() } {
+            // SAFETY: leave the grandchild at once.
+            0 => unsafe { libc::_exit(7) },
+            pid if pid > 0 => {
+                let mut status = 0;
+                // SAFETY: `status` is writable.
+                if unsafe { libc::waitpid(pid, &mut status, 0) } != pid
+                    || !libc::WIFEXITED(status)
+                    || libc::WEXITSTATUS(status) != 7
+                {
+                    return 8;
+                }
+            }
+            _ => return 9,
+        }
         0
     });
     assert_eq!(exited(st), 0);
