@@ -658,7 +658,14 @@ fn notify_listener_answers_with_an_errno() {
         drop(fd);
         getppid_args(4242, 0).1
     });
-    handle.join().unwrap().unwrap();
+    // If the child never sent the listener, closing our end gives the thread EOF instead
+    // of leaving it blocked in recvmsg.
+    drop(child_sock);
+    let answered = handle.join().unwrap();
+    assert!(
+        answered.is_ok(),
+        "listener thread: {answered:?}, child: {st:?}"
+    );
     assert_eq!(exited(st), libc::EXDEV);
 }
 
