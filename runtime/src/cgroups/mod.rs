@@ -483,6 +483,15 @@ impl Manager {
                 )));
             }
         }
+        if let Some(list) = r.devices() {
+            if self
+                .hierarchies
+                .iter()
+                .any(|h| h.version == Version::V1 && h.has("devices"))
+            {
+                devices::v1_lines(&devices::rules_from_oci(list)?)?;
+            }
+        }
         if r.devices().is_some()
             && !self
                 .hierarchies

@@ -246,7 +246,10 @@ pub(crate) fn memory_stats(dir: &Path) -> Result<MemoryStats, CgroupError> {
         peak: fs::read_u64_opt(dir, "memory.max_usage_in_bytes")?,
         // The kernel reports "unlimited" as PAGE_COUNTER_MAX pages, far above any real RAM.
         limit: limit.filter(|&l| l < (1u64 << 62)),
-        limit_hits: fs::read_u64_opt(dir, "memory.failcnt")?.unwrap_or(0),
+        // With a memsw limit the kernel charges (and counts failures) there first.
+        limit_hits: fs::read_u64_opt(dir, "memory.failcnt")?
+            .unwrap_or(0)
+            .max(fs::read_u64_opt(dir, "memory.memsw.failcnt")?.unwrap_or(0)),
         oom_kill: keyed(&oom, "oom_kill").unwrap_or(0),
         under_oom: keyed(&oom, "under_oom") == Some(1),
     })

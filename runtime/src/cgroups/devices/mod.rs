@@ -113,7 +113,8 @@ pub fn rules_from_oci(list: &[LinuxDeviceCgroup]) -> Result<Vec<Rule>, CgroupErr
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = match self.typ {
-            DevType::All => return f.write_str("a"),
+            DevType::All if self.is_all() => return f.write_str("a"),
+            DevType::All => 'a',
             DevType::Block => 'b',
             DevType::Char => 'c',
         };
@@ -128,18 +129,76 @@ impl fmt::Display for Rule {
     }
 }
 
-/// Applies rules to a v1 devices cgroup: deny everything, then replay the rules in order
-/// (`devices.allow` for allow rules, `devices.deny` for deny rules), so the last matching
-/// rule wins as in the v2 program.
-pub(crate) fn apply_v1(dir: &std::path::Path, rules: &[Rule]) -> Result<(), CgroupError> {
-    super::fs::write(dir, "devices.deny", "a")?;
-    for r in rules {
-        let file = if r.allow {
+/// The writes that make a v1 devices cgroup enforce `rules` with last-match-wins semantics:
+/// deny everything, then replay the rules in order (`devices.allow` / `devices.deny`).
+///
+/// The v1 kernel keeps a default plus an exception list and removes exceptions only on an
+/// exact type/major/minor match, so a rule that would override *part* of an earlier
+/// exception (e.g. deny `c 1:3` after allowing `c *:* m`) cannot be expressed; such lists are
+/// refused with an error naming both rules rather than enforced differently than on v2.
+pub fn v1_lines(rules: &[Rule]) -> Result<Vec<(&'static str, String)>, CgroupError> {
+    let mut out = vec![("devices.deny", "a".to_string())];
+    let mut default_allow = false;
+    let mut exceptions: Vec<Rule> = Vec::new();
+    for (i, orig) in rules.iter().enumerate() {
+        let file = if orig.allow {
             "devices.allow"
         } else {
             "devices.deny"
         };
-        super::fs::write(dir, file, &r.to_string())?;
+        if orig.is_all() {
+            out.push((file, "a".to_string()));
+            default_allow = orig.allow;
+            exceptions.clear();
+            continue;
+        }
+        // v1 reads type `a` as "everything" whatever the numbers: split it into b and c.
+        let parts: Vec<Rule> = match orig.typ {
+            DevType::All => [DevType::Block, DevType::Char]
+                .into_iter()
+                .map(|typ| Rule { typ, ..*orig })
+                .collect(),
+            _ => vec![*orig],
+        };
+        for r in parts {
+            if r.allow == default_allow {
+                // Removes (bits of) an exception: only exact matches can be removed.
+                let key = (r.typ, r.major, r.minor);
+                if let Some(e) = exceptions
+                    .iter()
+                    .find(|e| (e.typ, e.major, e.minor) != key && overlaps(e, &r))
+                {
+                    return Err(CgroupError::Invalid(format!(
+                        "device rule #{i} ({} {orig}) overrides part of the earlier rule                          ({} {e}), which the v1 devices controller cannot express;                          reorder the rules or use cgroup v2",
+                        if orig.allow { "allow" } else { "deny" },
+                        if e.allow { "allow" } else { "deny" },
+                    )));
+                }
+                for e in exceptions
+                    .iter_mut()
+                    .filter(|e| (e.typ, e.major, e.minor) == key)
+                {
+                    e.access &= !r.access;
+                }
+                exceptions.retain(|e| e.access != 0);
+            } else {
+                exceptions.push(r);
+            }
+            out.push((file, r.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+fn overlaps(a: &Rule, b: &Rule) -> bool {
+    let num = |x: Option<u32>, y: Option<u32>| x.is_none() || y.is_none() || x == y;
+    a.typ == b.typ && num(a.major, b.major) && num(a.minor, b.minor) && a.access & b.access != 0
+}
+
+/// Applies rules to a v1 devices cgroup (see [`v1_lines`]).
+pub(crate) fn apply_v1(dir: &std::path::Path, rules: &[Rule]) -> Result<(), CgroupError> {
+    for (file, line) in v1_lines(rules)? {
+        super::fs::write(dir, file, &line)?;
     }
     Ok(())
 }
@@ -228,6 +287,43 @@ mod tests {
         // absent access = rwm, -1 = wildcard
         let r = Rule::from_oci(&oci(true, A, Some(-1), Some(-1), "")).unwrap();
         assert!(r.is_all());
+    }
+
+    #[test]
+    fn v1_emulation() {
+        use LinuxDeviceType::*;
+        let rules = |v: &[LinuxDeviceCgroup]| rules_from_oci(v).unwrap();
+        let lines = v1_lines(&rules(&[
+            oci(false, A, None, None, "rwm"),
+            oci(true, C, Some(1), Some(3), "rwm"),
+            oci(true, A, Some(7), None, "r"),
+            oci(false, C, Some(1), Some(3), "w"),
+        ]))
+        .unwrap();
+        let text: Vec<String> = lines.iter().map(|(f, l)| format!("{f} {l}")).collect();
+        assert_eq!(
+            text,
+            [
+                "devices.deny a",
+                "devices.deny a",
+                "devices.allow c 1:3 rwm",
+                "devices.allow b 7:* r",
+                "devices.allow c 7:* r",
+                "devices.deny c 1:3 w",
+            ]
+        );
+        let e = v1_lines(&rules(&[
+            oci(true, C, None, None, "m"),
+            oci(false, C, Some(1), Some(3), "rwm"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("c *:* m"), "{e}");
+        // Allow-all then deny specific devices is fine (deny list).
+        assert!(v1_lines(&rules(&[
+            oci(true, A, None, None, "rwm"),
+            oci(false, C, Some(1), Some(3), "rwm"),
+        ]))
+        .is_ok());
     }
 
     #[test]
