@@ -1,2 +1,4 @@
 //! Vessel container library.
+
 pub mod cgroups;
+pub mod idmap;
