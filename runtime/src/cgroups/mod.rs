@@ -1049,4 +1049,10 @@ fn rmdir_retry(d: &Path, retry: bool) -> Result<(), CgroupError> {
 }
 
 #[cfg(test)]
+mod guest_vm;
+#[cfg(test)]
 mod kernel_tests;
+#[cfg(test)]
+mod test_util;
+#[cfg(test)]
+mod v2_tests;
