@@ -31,10 +31,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
 pub use layout::{Layout, Mode};
+/// The OCI types `set` takes, re-exported for callers that build them.
+pub use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 pub use oom::OomWatcher;
 pub use stats::{CpuStats, IoStats, MemoryStats, PidsStats, Stats};
 
