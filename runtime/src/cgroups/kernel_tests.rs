@@ -498,3 +498,100 @@ fn ebpf_device_filter_enforced_and_replaced() {
     // phase 1: full open, mknod null; phase 2: null open, mknod null, mknod zero
     assert_eq!(err.matches("Operation not permitted").count(), 5, "{err}");
 }
+
+/// Every v1 knob of a full resource set lands in its file.
+#[test]
+fn full_resource_set_reads_back_v1() {
+    require_v1!();
+    let m = manager("full");
+    let blk = std::fs::read_dir("/sys/block").ok().and_then(|rd| {
+        rd.flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
+            .find_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
+            .map(|s| s.trim().to_string())
+    });
+    let throttle = blk.as_deref().map_or(String::new(), |d| {
+        let (maj, min) = d.split_once(':').unwrap();
+        format!(
+            r#","blockIO":{{"throttleReadBpsDevice":[{{"major":{maj},"minor":{min},"rate":10485760}}],
+            "throttleWriteBpsDevice":[{{"major":{maj},"minor":{min},"rate":2097152}}],
+            "throttleReadIOPSDevice":[{{"major":{maj},"minor":{min},"rate":300}}],
+            "throttleWriteIOPSDevice":[{{"major":{maj},"minor":{min},"rate":100}}]}}"#
+        )
+    });
+    let json = format!(
+        r#"{{
+        "memory": {{"limit": 268435456, "swap": 536870912, "reservation": 134217728,
+                    "swappiness": 10, "kernel": 67108864, "kernelTCP": 16777216,
+                    "disableOOMKiller": false}},
+        "cpu": {{"shares": 256, "quota": 50000, "period": 200000, "burst": 1000,
+                 "idle": 0, "cpus": "0", "mems": "0",
+                 "realtimeRuntime": 10000, "realtimePeriod": 100000}},
+        "pids": {{"limit": 99}},
+        "devices": [{{"allow": false, "access": "rwm"}},
+                    {{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"}}]
+        {throttle}
+    }}"#
+    );
+    let r: LinuxResources = serde_json::from_str(&json).unwrap();
+    m.set(&r).unwrap();
+    let rd = |c: &str, f: &str| {
+        fs::read(m.path_for(c).unwrap(), f)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(rd("memory", "memory.limit_in_bytes"), "268435456");
+    assert_eq!(rd("memory", "memory.memsw.limit_in_bytes"), "536870912");
+    assert_eq!(rd("memory", "memory.soft_limit_in_bytes"), "134217728");
+    assert_eq!(rd("memory", "memory.swappiness"), "10");
+    assert_eq!(rd("memory", "memory.kmem.tcp.limit_in_bytes"), "16777216");
+    assert!(rd("memory", "memory.oom_control").contains("oom_kill_disable 0"));
+    assert_eq!(rd("cpu", "cpu.shares"), "256");
+    assert_eq!(rd("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(rd("cpu", "cpu.cfs_period_us"), "200000");
+    assert_eq!(rd("cpu", "cpu.cfs_burst_us"), "1000");
+    assert_eq!(rd("cpu", "cpu.rt_runtime_us"), "10000");
+    assert_eq!(rd("cpu", "cpu.rt_period_us"), "100000");
+    assert_eq!(rd("cpuset", "cpuset.cpus"), "0");
+    assert_eq!(rd("cpuset", "cpuset.mems"), "0");
+    assert_eq!(rd("pids", "pids.max"), "99");
+    assert_eq!(rd("devices", "devices.list"), "c 1:3 rw");
+    if let Some(d) = blk {
+        assert_eq!(
+            rd("blkio", "blkio.throttle.read_bps_device"),
+            format!("{d} 10485760")
+        );
+        assert_eq!(
+            rd("blkio", "blkio.throttle.write_bps_device"),
+            format!("{d} 2097152")
+        );
+        assert_eq!(
+            rd("blkio", "blkio.throttle.read_iops_device"),
+            format!("{d} 300")
+        );
+        assert_eq!(
+            rd("blkio", "blkio.throttle.write_iops_device"),
+            format!("{d} 100")
+        );
+    } else {
+        println!("note: no block device, blkio throttling not checked");
+    }
+    // oom_kill_disable=1: a hog is not killed but stalls under OOM, visible in stats.
+    m.set(
+        &serde_json::from_str(
+            r#"{"memory":{"limit":16777216,"swap":16777216,"disableOOMKiller":true}}"#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut sh = Sh::spawn(HOG);
+    m.apply(sh.pid()).unwrap();
+    sh.go();
+    eventually("under_oom", || {
+        m.stats().unwrap().memory.under_oom.then_some(())
+    });
+    assert!(sh.child_alive());
+    m.destroy().unwrap();
+    all_gone(&m);
+}

@@ -783,11 +783,16 @@ impl Manager {
         Ok(())
     }
 
-    /// Freezes every process of the container and waits until the freeze settled.
+    /// Freezes every process of the container and waits (up to 10 s) until the freeze
+    /// settled; if it does not, thaws again and fails.
     pub fn freeze(&self) -> Result<(), CgroupError> {
+        self.freeze_within(Duration::from_secs(10))
+    }
+
+    fn freeze_within(&self, timeout: Duration) -> Result<(), CgroupError> {
         match self.freezer() {
-            Some(h) if h.version == Version::V1 => v1::freeze(&h.dir),
-            Some(h) => v2::set_frozen(&h.dir, true),
+            Some(h) if h.version == Version::V1 => v1::freeze(&h.dir, timeout),
+            Some(h) => v2::set_frozen(&h.dir, true, timeout),
             None => Err(CgroupError::ControllerUnavailable {
                 controller: "freezer".into(),
                 reason: "no v1 freezer hierarchy and no cgroup2".into(),
@@ -799,7 +804,7 @@ impl Manager {
     pub fn thaw(&self) -> Result<(), CgroupError> {
         match self.freezer() {
             Some(h) if h.version == Version::V1 => v1::thaw(&h.dir),
-            Some(h) => v2::set_frozen(&h.dir, false),
+            Some(h) => v2::set_frozen(&h.dir, false, Duration::from_secs(10)),
             None => Err(CgroupError::ControllerUnavailable {
                 controller: "freezer".into(),
                 reason: "no v1 freezer hierarchy and no cgroup2".into(),
@@ -842,12 +847,17 @@ impl Manager {
         }
         let start = Instant::now();
         let mut pause = Duration::from_micros(500);
+        // Freezing keeps a forking container from outrunning the kill loop; a task stuck
+        // where it cannot freeze (e.g. stalled under OOM with the OOM killer disabled) is
+        // signalled unfrozen instead, after a short try.
+        let mut try_freeze = signal == Signal::SIGKILL;
         loop {
             let pids = self.pids()?;
             if pids.is_empty() {
                 return Ok(());
             }
-            let frozen = signal == Signal::SIGKILL && self.freeze().is_ok();
+            let frozen = try_freeze && self.freeze_within(Duration::from_millis(500)).is_ok();
+            try_freeze &= frozen;
             for p in &pids {
                 match kill(Pid::from_raw(*p), signal) {
                     Ok(()) | Err(nix::errno::Errno::ESRCH) => {}

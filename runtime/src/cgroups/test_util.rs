@@ -101,6 +101,9 @@ impl Sh {
             v.push(l);
         }
     }
+    pub(crate) fn child_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
     pub(crate) fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
     }

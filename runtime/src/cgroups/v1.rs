@@ -192,8 +192,8 @@ pub(crate) fn set_blkio(dir: &Path, b: &LinuxBlockIo) -> Result<(), CgroupError>
     Ok(())
 }
 
-/// Freezes and waits until the whole group is FROZEN; on timeout thaws and fails.
-pub(crate) fn freeze(dir: &Path) -> Result<(), CgroupError> {
+/// Freezes and waits until the whole group is FROZEN; after `timeout` thaws and fails.
+pub(crate) fn freeze(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
     let start = Instant::now();
     let mut pause = Duration::from_micros(200);
     loop {
@@ -202,7 +202,7 @@ pub(crate) fn freeze(dir: &Path) -> Result<(), CgroupError> {
         if state.trim() == "FROZEN" {
             return Ok(());
         }
-        if start.elapsed() > Duration::from_secs(10) {
+        if start.elapsed() > timeout {
             let _ = fs::write(dir, "freezer.state", "THAWED");
             return Err(CgroupError::FreezeTimeout {
                 path: dir.to_path_buf(),
