@@ -162,7 +162,7 @@ fn denied_device_gives_eperm_on_open_and_mknod() {
         dev(true, C, Some(136), None, "rwm"),
         dev(false, C, Some(1), Some(3), "rwm"),
     ];
-    m.set(&res(|b| b.devices(rules))).unwrap();
+    m.set_exact(&res(|b| b.devices(rules))).unwrap();
     let list = fs::read(m.path_for("devices").unwrap(), "devices.list").unwrap();
     assert!(
         list.contains("c 1:5 rwm") && list.contains("c 5:* rwm") && list.contains("c 136:* rwm"),
@@ -198,7 +198,10 @@ fn v1_cannot_deny_inside_wildcard_allow() {
         dev(true, C, None, None, "m"),
         dev(false, C, Some(1), Some(3), "rwm"),
     ];
-    let e = m.set(&res(|b| b.devices(rules))).unwrap_err().to_string();
+    let e = m
+        .set_exact(&res(|b| b.devices(rules)))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("cannot express"), "{e}");
     all_gone(&m);
 }
@@ -556,7 +559,22 @@ fn full_resource_set_reads_back_v1() {
     assert_eq!(rd("cpuset", "cpuset.cpus"), "0");
     assert_eq!(rd("cpuset", "cpuset.mems"), "0");
     assert_eq!(rd("pids", "pids.max"), "99");
-    assert_eq!(rd("devices", "devices.list"), "c 1:3 rw");
+    // set() appends runc's default rules to the spec's.
+    let list = rd("devices", "devices.list");
+    for want in [
+        "c *:* m",
+        "b *:* m",
+        "c 1:3 rwm",
+        "c 1:5 rwm",
+        "c 136:* rwm",
+        "c 5:2 rwm",
+    ] {
+        assert!(
+            list.lines().any(|l| l == want),
+            "{want} missing from {list}"
+        );
+    }
+    assert!(!list.contains("a *:*"), "{list}");
     if let Some(d) = blk {
         assert_eq!(
             rd("blkio", "blkio.throttle.read_bps_device"),
@@ -592,6 +610,40 @@ fn full_resource_set_reads_back_v1() {
         m.stats().unwrap().memory.under_oom.then_some(())
     });
     assert!(sh.child_alive());
+    m.destroy().unwrap();
+    all_gone(&m);
+}
+
+/// The bundle's usual `[{"allow": false, "access": "rwm"}]` keeps the standard nodes usable
+/// (runc's defaults), denies the rest, and `linux.devices` nodes are allowed.
+#[test]
+fn runtime_defaults_keep_standard_nodes_usable() {
+    require_v1!();
+    let deny_all: LinuxResources =
+        serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).unwrap();
+    let script = "if true < /dev/null; then echo null-ok; fi; \
+                  if head -c1 /dev/urandom >/dev/null; then echo urandom-ok; fi; \
+                  if true < /dev/kmsg; then echo kmsg-ok; fi; echo END";
+    let m = manager("defaults");
+    m.set(&deny_all).unwrap();
+    let mut sh = Sh::spawn(script);
+    m.apply(sh.pid()).unwrap();
+    sh.go();
+    assert_eq!(sh.until("END"), vec!["null-ok", "urandom-ok"]);
+    let _ = sh.wait();
+    assert!(sh.stderr().contains("Operation not permitted"));
+    m.destroy().unwrap();
+    all_gone(&m);
+
+    let kmsg: LinuxDevice =
+        serde_json::from_str(r#"{"path":"/dev/kmsg","type":"c","major":1,"minor":11}"#).unwrap();
+    let m = manager("nodes");
+    m.set_with_devices(&deny_all, &[kmsg]).unwrap();
+    let mut sh = Sh::spawn(script);
+    m.apply(sh.pid()).unwrap();
+    sh.go();
+    assert_eq!(sh.until("END"), vec!["null-ok", "urandom-ok", "kmsg-ok"]);
+    drop(sh);
     m.destroy().unwrap();
     all_gone(&m);
 }

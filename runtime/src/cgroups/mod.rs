@@ -10,7 +10,8 @@
 //!
 //! Typical use by the container lifecycle:
 //! `Manager::new(path, id)` → `set(resources)` (validates, creates, writes limits; nothing is
-//! created if validation fails) → `apply(pid)` → … → `destroy()`. The manager is
+//! created if validation fails; device rules get runc's defaults appended, `set_exact` skips
+//! that) → `apply(pid)` → … → `destroy()`. The manager is
 //! `Serialize`/`Deserialize` so later commands can rebuild it from the container state; save
 //! it after `set`/`apply`, since it records the directories those created.
 
@@ -35,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 pub use layout::{Layout, Mode};
 /// The OCI types `set` takes, re-exported for callers that build them.
-pub use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
+pub use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxResources};
 pub use oom::OomWatcher;
 pub use stats::{CpuStats, IoStats, MemoryStats, PidsStats, Stats};
 
@@ -387,8 +388,21 @@ impl Manager {
             })
     }
 
-    /// Checks `r` against the rules and this host without creating or writing anything.
+    /// Checks what [`Manager::set`] would apply (`r` plus the runtime's default device
+    /// rules) against the rules and this host without creating or writing anything.
     pub fn validate(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        match r.devices() {
+            Some(list) => {
+                let mut eff = r.clone();
+                eff.set_devices(Some(devices::container_rules(list, &[])));
+                self.validate_exact(&eff)
+            }
+            None => self.validate_exact(r),
+        }
+    }
+
+    /// Checks `r` exactly as given (see [`Manager::set_exact`]).
+    pub fn validate_exact(&self, r: &LinuxResources) -> Result<(), CgroupError> {
         validate::check(r)?;
         if let Some(m) = r.memory() {
             let any = m.limit().is_some_and(|v| v != 0)
@@ -629,10 +643,33 @@ impl Manager {
         Ok(())
     }
 
-    /// Validates and applies `r` (initial setup or live update). Nothing is created when
-    /// validation fails.
+    /// Validates and applies `r` (initial setup or live update) as runc does: when `r` has
+    /// device rules, [`devices::runtime_default_rules`] are appended (null, zero, tty, pts…).
+    /// Nothing is created when validation fails.
     pub fn set(&self, r: &LinuxResources) -> Result<(), CgroupError> {
-        self.validate(r)?;
+        self.set_with_devices(r, &[])
+    }
+
+    /// As [`Manager::set`], also allowing the device nodes of `linux.devices`
+    /// (see [`devices::container_rules`]).
+    pub fn set_with_devices(
+        &self,
+        r: &LinuxResources,
+        nodes: &[LinuxDevice],
+    ) -> Result<(), CgroupError> {
+        match r.devices() {
+            Some(list) => {
+                let mut eff = r.clone();
+                eff.set_devices(Some(devices::container_rules(list, nodes)));
+                self.set_exact(&eff)
+            }
+            None => self.set_exact(r),
+        }
+    }
+
+    /// Validates and applies `r` exactly as given: the device rules are not extended.
+    pub fn set_exact(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        self.validate_exact(r)?;
         self.create()?;
         // Controllers needed from the v2 tree.
         let mut v2_need: BTreeSet<&str> = BTreeSet::new();

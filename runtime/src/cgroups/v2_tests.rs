@@ -170,7 +170,7 @@ fn v2_ebpf_devices_through_manager_with_live_replace() {
         dev(true, C, Some(1), Some(5), "rwm"),
         dev(false, C, Some(1), Some(3), "rwm"),
     ];
-    m.set(&res(|b| b.devices(first))).unwrap();
+    m.set_exact(&res(|b| b.devices(first))).unwrap();
     let t = tmp.path().display();
     let phase = format!(
         "if true < /dev/null; then echo null-ok; fi; \
@@ -187,7 +187,7 @@ fn v2_ebpf_devices_through_manager_with_live_replace() {
         dev(true, A, None, None, "rwm"),
         dev(false, C, Some(1), Some(5), "rwm"),
     ];
-    m.set(&res(|b| b.devices(second))).unwrap();
+    m.set_exact(&res(|b| b.devices(second))).unwrap();
     let cg = std::fs::File::open(&m.v2().unwrap().dir).unwrap();
     assert_eq!(
         devices::bpf::query(&cg).unwrap().len(),

@@ -6,7 +6,7 @@ pub mod program;
 
 use std::fmt;
 
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType};
 
 use super::CgroupError;
 
@@ -102,6 +102,62 @@ impl Rule {
             && self.minor.is_none()
             && self.access == ACC_READ | ACC_WRITE | ACC_MKNOD
     }
+}
+
+/// The device rules every container gets after its own, as runc and crun do: mknod of any
+/// node, and the standard nodes (null, zero, full, random, urandom, tty, ptmx, pts/*).
+pub fn runtime_default_rules() -> Vec<LinuxDeviceCgroup> {
+    use LinuxDeviceType::{B, C};
+    [
+        (C, None, None, "m"),
+        (B, None, None, "m"),
+        (C, Some(1), Some(3), "rwm"),
+        (C, Some(1), Some(5), "rwm"),
+        (C, Some(1), Some(7), "rwm"),
+        (C, Some(1), Some(8), "rwm"),
+        (C, Some(1), Some(9), "rwm"),
+        (C, Some(5), Some(0), "rwm"),
+        (C, Some(5), Some(2), "rwm"),
+        (C, Some(136), None, "rwm"),
+    ]
+    .into_iter()
+    .map(|(t, major, minor, access)| {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true);
+        r.set_typ(Some(t));
+        r.set_major(major);
+        r.set_minor(minor);
+        r.set_access(Some(access.to_string()));
+        r
+    })
+    .collect()
+}
+
+/// The effective rule list of a container, as runc builds it: the spec's
+/// `linux.resources.devices`, then an allow rule for each node in `linux.devices`, then
+/// [`runtime_default_rules`]. Later rules win, so the defaults cannot be denied.
+pub fn container_rules(
+    spec: &[LinuxDeviceCgroup],
+    nodes: &[LinuxDevice],
+) -> Vec<LinuxDeviceCgroup> {
+    let mut out = spec.to_vec();
+    for n in nodes {
+        let t = match n.typ() {
+            LinuxDeviceType::B => LinuxDeviceType::B,
+            LinuxDeviceType::C | LinuxDeviceType::U => LinuxDeviceType::C,
+            // FIFOs (and `a`) are not device-cgroup objects.
+            _ => continue,
+        };
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true);
+        r.set_typ(Some(t));
+        r.set_major(Some(n.major()));
+        r.set_minor(Some(n.minor()));
+        r.set_access(Some("rwm".into()));
+        out.push(r);
+    }
+    out.extend(runtime_default_rules());
+    out
 }
 
 /// Validates a rule list.
@@ -324,6 +380,27 @@ mod tests {
             oci(false, C, Some(1), Some(3), "rwm"),
         ]))
         .is_ok());
+    }
+
+    #[test]
+    fn container_rules_append_nodes_and_defaults() {
+        let spec = vec![oci(false, LinuxDeviceType::A, None, None, "rwm")];
+        let node: LinuxDevice =
+            serde_json::from_str(r#"{"path":"/dev/fuse","type":"c","major":10,"minor":229}"#)
+                .unwrap();
+        let fifo: LinuxDevice =
+            serde_json::from_str(r#"{"path":"/dev/f","type":"p","major":0,"minor":0}"#).unwrap();
+        let all = container_rules(&spec, &[node, fifo]);
+        let lines: Vec<String> = rules_from_oci(&all)
+            .unwrap()
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(lines[0], "a");
+        assert_eq!(lines[1], "c 10:229 rwm");
+        assert_eq!(lines.len(), 2 + runtime_default_rules().len());
+        assert!(lines.contains(&"c 136:* rwm".to_string()));
+        assert!(v1_lines(&rules_from_oci(&all).unwrap()).is_ok());
     }
 
     #[test]
