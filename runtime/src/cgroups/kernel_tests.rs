@@ -647,3 +647,35 @@ fn runtime_defaults_keep_standard_nodes_usable() {
     m.destroy().unwrap();
     all_gone(&m);
 }
+
+/// A pre-existing cgroup the container joins is neither emptied nor removed by destroy.
+#[test]
+fn joined_cgroup_is_not_removed_or_killed() {
+    require_v1!();
+    let outer = manager("joined");
+    let mut sh = Sh::spawn("sleep 300");
+    outer.apply(sh.pid()).unwrap();
+    // A second manager for the same path finds every level existing: it owns nothing.
+    let rel = outer.hierarchies()[0]
+        .dir
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap();
+    let inner = Manager::new(Some(&rel), "x").unwrap();
+    inner.apply(sh.pid()).unwrap();
+    inner.destroy().unwrap();
+    for h in outer.hierarchies() {
+        assert!(
+            h.dir.exists(),
+            "{} removed by a manager that did not create it",
+            h.dir.display()
+        );
+    }
+    assert!(
+        sh.child_alive(),
+        "joined manager killed a process it does not own"
+    );
+    assert_eq!(outer.pids().unwrap(), vec![sh.pid()]);
+    outer.destroy().unwrap();
+    all_gone(&outer);
+}

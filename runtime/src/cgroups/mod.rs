@@ -990,9 +990,13 @@ impl Manager {
 
     /// Thaws, kills what is left, and removes exactly the directories this manager created
     /// (leaf first, plus any cgroups the container made below its own). Idempotent.
+    /// A cgroup that existed before (joined, not created) is left alone, processes and all.
     pub fn destroy(&self) -> Result<(), CgroupError> {
-        let any_leaf = self.hierarchies.iter().any(|h| h.dir.exists());
-        if any_leaf {
+        // Processes are only killed in a cgroup this manager created: a pre-existing cgroup
+        // that the container merely joined may hold processes that are not ours.
+        let prim = self.primary();
+        let own_leaf = prim.dir.exists() && prim.created().last() == Some(&prim.dir);
+        if own_leaf {
             if let Some(h) = self.freezer().filter(|h| h.dir.exists()) {
                 if self.is_frozen().unwrap_or(false) || h.version == Version::V1 {
                     let _ = self.thaw();
