@@ -627,7 +627,23 @@ impl Manager {
         for c in rel.components() {
             let on = read_list(&cur, "cgroup.subtree_control");
             for ctrl in ctrls.iter().filter(|x| !on.iter().any(|o| o == *x)) {
-                fs::write(&cur, "cgroup.subtree_control", &format!("+{ctrl}"))?;
+                match fs::write(&cur, "cgroup.subtree_control", &format!("+{ctrl}")) {
+                    Err(CgroupError::Write { ref source, .. })
+                        if source.raw_os_error() == Some(libc::EBUSY) =>
+                    {
+                        return Err(CgroupError::ControllerUnavailable {
+                            controller: (*ctrl).to_string(),
+                            reason: format!(
+                                "cannot enable it below {}: that cgroup holds processes and \
+                                 cgroup v2 delegates controllers only from cgroups without \
+                                 processes; use an absolute cgroupsPath or run vessel from a \
+                                 cgroup of its own",
+                                cur.display()
+                            ),
+                        })
+                    }
+                    other => other?,
+                }
             }
             cur.push(c);
         }

@@ -270,3 +270,81 @@ fn v2_unified_hugetlb_and_bad_keys() {
         .is_err());
     all_gone(&m2);
 }
+
+#[test]
+fn v2_io_weight_max_and_stats() {
+    require_v2!();
+    let Ok(devno) = std::fs::read_to_string("/sys/block/nvme0n1/dev") else {
+        println!("SKIPPED: the guest has no /dev/nvme0n1");
+        return;
+    };
+    let devno = devno.trim().to_string();
+    let (maj, min) = devno.split_once(':').unwrap();
+    let m = manager("io");
+    let r: LinuxResources = serde_json::from_str(&format!(
+        r#"{{"blockIO":{{"weight":500,
+            "throttleReadBpsDevice":[{{"major":{maj},"minor":{min},"rate":8388608}}],
+            "throttleWriteIOPSDevice":[{{"major":{maj},"minor":{min},"rate":100}}]}}}}"#
+    ))
+    .unwrap();
+    m.set(&r).unwrap();
+    let d = m.path_for("blkio").unwrap();
+    let max = read(d, "io.max");
+    assert!(
+        max.contains(&format!("{devno} rbps=8388608")) && max.contains("wiops=100"),
+        "{max}"
+    );
+    if d.join("io.bfq.weight").exists() {
+        assert!(read(d, "io.bfq.weight").contains("500"));
+    } else {
+        assert_eq!(
+            read(d, "io.weight"),
+            format!("default {}", validate::blkio_to_io_weight(500))
+        );
+    }
+    let mut sh = Sh::spawn("head -c 2097152 /dev/nvme0n1 > /dev/null; echo END");
+    m.apply(sh.pid()).unwrap();
+    sh.go();
+    assert!(sh.until("END").is_empty());
+    let s = m.stats().unwrap();
+    assert!(s.io.read_bytes >= 2 << 20, "{s:?}");
+    m.destroy().unwrap();
+    all_gone(&m);
+}
+
+#[test]
+fn v2_runtime_default_devices() {
+    require_v2!();
+    let deny_all: LinuxResources =
+        serde_json::from_str(r#"{"devices":[{"allow":false,"access":"rwm"}]}"#).unwrap();
+    let m = manager("defaults");
+    m.set(&deny_all).unwrap();
+    let mut sh = Sh::spawn(
+        "if true < /dev/null; then echo null-ok; fi; \
+         if head -c1 /dev/urandom >/dev/null; then echo urandom-ok; fi; \
+         if true < /dev/kmsg; then echo kmsg-ok; fi; echo END",
+    );
+    m.apply(sh.pid()).unwrap();
+    sh.go();
+    assert_eq!(sh.until("END"), vec!["null-ok", "urandom-ok"]);
+    drop(sh);
+    m.destroy().unwrap();
+    all_gone(&m);
+}
+
+#[test]
+fn v2_joined_cgroup_is_left_alone() {
+    require_v2!();
+    let outer = manager("joined");
+    let mut sh = Sh::spawn("sleep 300");
+    outer.apply(sh.pid()).unwrap();
+    let rel = std::path::PathBuf::from(outer.hierarchies()[0].dir.file_name().unwrap());
+    let inner = Manager::new(Some(&rel), "x").unwrap();
+    inner.apply(sh.pid()).unwrap();
+    inner.destroy().unwrap();
+    assert!(outer.hierarchies()[0].dir.exists());
+    assert!(sh.child_alive());
+    outer.destroy().unwrap();
+    all_gone(&outer);
+    assert_eq!(sh.wait().signal(), Some(libc::SIGKILL));
+}
