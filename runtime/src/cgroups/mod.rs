@@ -597,7 +597,15 @@ impl Manager {
                             }
                         }
                     }
-                    if h.version == Version::V2 && self.mode == Mode::Unified {
+                    // A parent with processes (other than the root) cannot delegate domain
+                    // controllers; enabling only the threaded ones would turn its subtree
+                    // threaded, so leave it alone (set() reports what it needs).
+                    // (The root has no cgroup.type and is exempt.)
+                    let busy = h.version == Version::V2
+                        && !fs::procs(&parent)?.is_empty()
+                        && fs::read_opt(&parent, "cgroup.type")?
+                            .is_some_and(|t| t.trim() == "domain");
+                    if h.version == Version::V2 && self.mode == Mode::Unified && !busy {
                         // Best effort, as runc: make every controller the parent offers
                         // available to the new child (fails if the parent holds processes).
                         let avail = read_list(&parent, "cgroup.controllers");
@@ -629,15 +637,18 @@ impl Manager {
             for ctrl in ctrls.iter().filter(|x| !on.iter().any(|o| o == *x)) {
                 match fs::write(&cur, "cgroup.subtree_control", &format!("+{ctrl}")) {
                     Err(CgroupError::Write { ref source, .. })
-                        if source.raw_os_error() == Some(libc::EBUSY) =>
+                        if matches!(
+                            source.raw_os_error(),
+                            Some(libc::EBUSY) | Some(libc::EOPNOTSUPP)
+                        ) =>
                     {
                         return Err(CgroupError::ControllerUnavailable {
                             controller: (*ctrl).to_string(),
                             reason: format!(
-                                "cannot enable it below {}: that cgroup holds processes and \
-                                 cgroup v2 delegates controllers only from cgroups without \
-                                 processes; use an absolute cgroupsPath or run vessel from a \
-                                 cgroup of its own",
+                                "cannot enable it below {}: that cgroup holds processes (or is \
+                                 in a threaded subtree) and cgroup v2 delegates domain \
+                                 controllers only from cgroups without processes; use an \
+                                 absolute cgroupsPath or run vessel from a cgroup of its own",
                                 cur.display()
                             ),
                         })

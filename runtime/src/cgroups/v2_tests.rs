@@ -348,3 +348,32 @@ fn v2_joined_cgroup_is_left_alone() {
     all_gone(&outer);
     assert_eq!(sh.wait().signal(), Some(libc::SIGKILL));
 }
+
+/// v2's no-internal-processes rule: a parent holding a process cannot delegate controllers;
+/// the error says so and nothing is left behind.
+#[test]
+fn v2_busy_parent_gives_clear_error() {
+    require_v2!();
+    let parent = manager("busy");
+    let mut sh = Sh::spawn("sleep 300");
+    parent.apply(sh.pid()).unwrap();
+    let pdir = parent.hierarchies()[0].dir.clone();
+    let abs = Path::new("/").join(pdir.file_name().unwrap()).join("child");
+    let m = Manager::new(Some(&abs), "x").unwrap();
+    // memory is a domain controller (threaded ones such as pids are exempt from the rule).
+    let r = res(|b| {
+        b.memory(
+            LinuxMemoryBuilder::default()
+                .limit(64 * MIB)
+                .build()
+                .unwrap(),
+        )
+    });
+    let e = m.set(&r).unwrap_err().to_string();
+    assert!(e.contains("holds processes"), "{e}");
+    m.destroy().unwrap();
+    all_gone(&m);
+    assert!(sh.child_alive());
+    parent.destroy().unwrap();
+    all_gone(&parent);
+}
