@@ -223,16 +223,6 @@ fn normalize(p: &Path) -> Result<PathBuf, CgroupError> {
     Ok(out)
 }
 
-fn nearest_existing(dir: &Path, stop: &Path) -> PathBuf {
-    let mut cur = dir.to_path_buf();
-    while !cur.exists() && cur != stop {
-        if !cur.pop() {
-            break;
-        }
-    }
-    cur
-}
-
 fn read_list(dir: &Path, file: &str) -> Vec<String> {
     fs::read_opt(dir, file)
         .ok()
@@ -300,10 +290,8 @@ impl Manager {
         }
         if let Some(u) = &layout.unified {
             let (dir, base) = plan(u);
-            let avail = read_list(
-                &nearest_existing(&dir, &u.mount_point),
-                "cgroup.controllers",
-            );
+            // What the base can hand down (enable_v2 enables it along the whole path).
+            let avail = read_list(&base, "cgroup.controllers");
             let useful = mode == Mode::Unified || avail.iter().any(|c| !v1_ctrls.contains(c));
             if useful {
                 hierarchies.push(Hierarchy {
