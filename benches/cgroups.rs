@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vessel::runtime::cgroups::{LinuxResources, Manager};
+use vessel::runtime::cgroups::{devices, Layout, LinuxResources, Manager};
 
 fn full_set(blk: Option<&str>) -> LinuxResources {
     let throttle = blk.map_or(String::new(), |d| {
@@ -117,4 +117,43 @@ fn main() {
     report("apply(pid) to every hierarchy", t_apply);
     report("live update (memory/cpu/pids)", t_update);
     report("destroy (kill + rmdir)", t_destroy);
+    bench_ebpf(runs);
+}
+
+/// Compiling, loading and attaching the v2 device program for runc's default rule set on a
+/// fresh cgroup of the cgroup2 tree, replacing the previous program each time.
+fn bench_ebpf(runs: usize) {
+    let Some(u) = Layout::detect().ok().and_then(|l| l.unified) else {
+        println!("eBPF device filter: skipped (no cgroup2 mount)");
+        return;
+    };
+    let dir = u
+        .own_dir
+        .join(format!("vessel-bench-bpf-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir(&dir) {
+        println!("eBPF device filter: skipped ({e})");
+        return;
+    }
+    let mut spec = vec![serde_json::from_str(r#"{"allow":false,"access":"rwm"}"#).expect("rule")];
+    spec.extend(devices::runtime_default_rules());
+    let rules = devices::rules_from_oci(&devices::container_rules(&spec, &[])).expect("rules");
+    let mut t = Vec::new();
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let r = devices::apply_v2(&dir, &rules);
+        t.push(t0.elapsed());
+        if let Err(e) = r {
+            println!("eBPF device filter: failed: {e}");
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+    println!(
+        "eBPF device program: {} rules, {} instructions",
+        rules.len(),
+        devices::program::compile(&rules).len()
+    );
+    if !t.is_empty() {
+        report("eBPF filter compile+load+replace", t);
+    }
 }
