@@ -43,7 +43,12 @@ fn full_set(blk: Option<&str>) -> LinuxResources {
 fn first_block_device() -> Option<String> {
     let rd = std::fs::read_dir("/sys/block").ok()?;
     rd.flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            !["loop", "zram", "ram", "dm-", "md"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
         .find_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
         .map(|s| s.trim().to_string())
 }

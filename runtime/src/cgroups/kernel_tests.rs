@@ -509,7 +509,12 @@ fn full_resource_set_reads_back_v1() {
     let m = manager("full");
     let blk = std::fs::read_dir("/sys/block").ok().and_then(|rd| {
         rd.flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                !["loop", "zram", "ram", "dm-", "md"]
+                    .iter()
+                    .any(|p| n.starts_with(p))
+            })
             .find_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
             .map(|s| s.trim().to_string())
     });
@@ -678,4 +683,55 @@ fn joined_cgroup_is_not_removed_or_killed() {
     assert_eq!(outer.pids().unwrap(), vec![sh.pid()]);
     outer.destroy().unwrap();
     all_gone(&outer);
+}
+
+/// Block I/O weight lands in BFQ's file, and the container's direct writes show in stats.
+#[test]
+fn blkio_weight_and_io_stats() {
+    require_v1!();
+    let tmp = tempfile::tempdir().unwrap();
+    let m = manager("io");
+    m.set(&serde_json::from_str(r#"{"blockIO":{"weight":500}}"#).unwrap())
+        .unwrap();
+    let dir = m.path_for("blkio").unwrap();
+    let wfile = ["blkio.weight", "blkio.bfq.weight"]
+        .into_iter()
+        .find(|f| dir.join(f).exists())
+        .unwrap();
+    assert!(fs::read(dir, wfile).unwrap().contains("500"));
+    let mut sh = Sh::spawn(&format!(
+        "dd if=/dev/zero of={}/f bs=64k count=16 oflag=direct 2>&1; echo END",
+        tmp.path().display()
+    ));
+    m.apply(sh.pid()).unwrap();
+    sh.go();
+    let out = sh.until("END");
+    let s = m.stats().unwrap();
+    if s.io.write_bytes == 0 && out.iter().any(|l| l.contains("Invalid argument")) {
+        println!("SKIPPED: the temp filesystem refuses O_DIRECT: {out:?}");
+    } else {
+        assert!(s.io.write_bytes >= 1 << 20, "{s:?} {out:?}");
+    }
+    m.destroy().unwrap();
+    all_gone(&m);
+}
+
+/// The OOM watcher reports the cgroup's removal instead of blocking forever.
+#[test]
+fn oom_watcher_ends_when_cgroup_is_removed() {
+    require_v1!();
+    let m = manager("oomgone");
+    m.set(&res(|b| {
+        b.memory(
+            LinuxMemoryBuilder::default()
+                .limit(64 * MIB)
+                .build()
+                .unwrap(),
+        )
+    }))
+    .unwrap();
+    let mut w = m.oom_events().unwrap();
+    m.destroy().unwrap();
+    assert_eq!(w.wait().unwrap(), None);
+    all_gone(&m);
 }

@@ -377,3 +377,22 @@ fn v2_busy_parent_gives_clear_error() {
     parent.destroy().unwrap();
     all_gone(&parent);
 }
+
+#[test]
+fn v2_oom_watcher_ends_when_cgroup_is_removed() {
+    require_v2!();
+    let m = manager("oomgone");
+    m.set(&res(|b| {
+        b.memory(
+            LinuxMemoryBuilder::default()
+                .limit(64 * MIB)
+                .build()
+                .unwrap(),
+        )
+    }))
+    .unwrap();
+    let mut w = m.oom_events().unwrap();
+    m.destroy().unwrap();
+    assert_eq!(w.wait().unwrap(), None);
+    all_gone(&m);
+}
