@@ -361,11 +361,12 @@ impl Manager {
             .or_else(|| self.v2())
     }
 
-    /// The hierarchy whose cgroup.procs is authoritative for `pids`.
-    fn primary(&self) -> &Hierarchy {
+    /// The hierarchy whose cgroup.procs is authoritative for `pids` (`None` only for a
+    /// manager deserialized from a state without hierarchies).
+    fn primary(&self) -> Option<&Hierarchy> {
         self.freezer()
             .or_else(|| self.owner("pids"))
-            .unwrap_or(&self.hierarchies[0])
+            .or_else(|| self.hierarchies.first())
     }
 
     fn need(&self, controller: &str, what: &str) -> Result<&Hierarchy, CgroupError> {
@@ -877,7 +878,9 @@ impl Manager {
     /// Pids in the container's cgroup and its descendants.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         let mut out = Vec::new();
-        collect_pids(&self.primary().dir, &mut out)?;
+        if let Some(h) = self.primary() {
+            collect_pids(&h.dir, &mut out)?;
+        }
         out.sort_unstable();
         out.dedup();
         Ok(out)
@@ -886,10 +889,9 @@ impl Manager {
     /// Sends `signal` to every process. For SIGKILL it uses cgroup.kill where the kernel has
     /// it, else freezes, signals each pid and thaws, repeating until the cgroup is empty.
     pub fn kill_all(&self, signal: Signal) -> Result<(), CgroupError> {
-        let prim = self.primary();
-        if !prim.dir.exists() {
+        let Some(prim) = self.primary().filter(|h| h.dir.exists()) else {
             return Ok(());
-        }
+        };
         if signal == Signal::SIGKILL
             && prim.version == Version::V2
             && prim.dir.join("cgroup.kill").exists()
@@ -948,7 +950,7 @@ impl Manager {
             }
             if start.elapsed() > Duration::from_secs(10) {
                 return Err(CgroupError::KillTimeout {
-                    path: self.primary().dir.clone(),
+                    path: self.primary().map(|h| h.dir.clone()).unwrap_or_default(),
                     count: pids.len(),
                 });
             }
@@ -1009,8 +1011,9 @@ impl Manager {
     pub fn destroy(&self) -> Result<(), CgroupError> {
         // Processes are only killed in a cgroup this manager created: a pre-existing cgroup
         // that the container merely joined may hold processes that are not ours.
-        let prim = self.primary();
-        let own_leaf = prim.dir.exists() && prim.created().last() == Some(&prim.dir);
+        let own_leaf = self
+            .primary()
+            .is_some_and(|p| p.dir.exists() && p.created().last() == Some(&p.dir));
         if own_leaf {
             if let Some(h) = self.freezer().filter(|h| h.dir.exists()) {
                 if self.is_frozen().unwrap_or(false) || h.version == Version::V1 {
