@@ -1126,3 +1126,86 @@ mod kernel_tests;
 mod test_util;
 #[cfg(test)]
 mod v2_tests;
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    fn legacy() -> Layout {
+        Layout::parse(
+            "3:cpu,cpuacct:/\n2:memory:/own/x\n1:name=systemd:/\n",
+            "30 25 0:26 / /cg/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+             31 25 0:27 / /cg/memory rw - cgroup cgroup rw,memory\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn paths_are_planned_per_hierarchy() {
+        let l = legacy();
+        let m = Manager::with_layout(&l, None, "c1").unwrap();
+        let dirs: Vec<_> = m.hierarchies().iter().map(|h| h.dir.clone()).collect();
+        assert_eq!(
+            dirs,
+            [
+                PathBuf::from("/cg/cpu,cpuacct/vessel/c1"),
+                PathBuf::from("/cg/memory/own/x/vessel/c1")
+            ]
+        );
+        let m = Manager::with_layout(&l, Some(Path::new("/abs/p")), "c1").unwrap();
+        assert_eq!(m.hierarchies()[1].dir, Path::new("/cg/memory/abs/p"));
+        let m = Manager::with_layout(&l, Some(Path::new("rel/p")), "c1").unwrap();
+        assert_eq!(m.hierarchies()[1].dir, Path::new("/cg/memory/own/x/rel/p"));
+        assert_eq!(
+            m.path_for("cpuacct"),
+            Some(Path::new("/cg/cpu,cpuacct/rel/p"))
+        );
+        assert_eq!(m.path_for("pids"), None);
+        assert_eq!(m.mode(), Mode::Legacy);
+    }
+
+    #[test]
+    fn bad_paths_and_ids() {
+        let l = legacy();
+        for p in ["../x", "a/../../b", "/", ""] {
+            assert!(
+                Manager::with_layout(&l, Some(Path::new(p)), "c").is_err(),
+                "{p:?}"
+            );
+        }
+        for id in ["", ".", "..", "a/b"] {
+            assert!(Manager::with_layout(&l, None, id).is_err(), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn state_json_round_trip() {
+        let m = Manager::with_layout(&legacy(), None, "c1").unwrap();
+        m.hierarchies[0]
+            .created()
+            .push(PathBuf::from("/cg/cpu,cpuacct/vessel"));
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["mode"], "legacy");
+        assert_eq!(v["hierarchies"][0]["version"], "v1");
+        let back: Manager = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            *back.hierarchies[0].created(),
+            vec![PathBuf::from("/cg/cpu,cpuacct/vessel")]
+        );
+        assert_eq!(back.shared_parents, m.shared_parents);
+    }
+
+    #[test]
+    fn missing_controllers_are_named() {
+        let m = Manager::with_layout(&legacy(), None, "c1").unwrap();
+        let r: LinuxResources = serde_json::from_str(r#"{"pids":{"limit":5}}"#).unwrap();
+        let e = m.validate(&r).unwrap_err().to_string();
+        assert!(e.contains("pids"), "{e}");
+        let r: LinuxResources =
+            serde_json::from_str(r#"{"unified":{"memory.high":"1M"}}"#).unwrap();
+        assert!(m.validate(&r).unwrap_err().to_string().contains("cgroup2"));
+        let r: LinuxResources =
+            serde_json::from_str(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":1}]}"#).unwrap();
+        assert!(m.validate(&r).unwrap_err().to_string().contains("hugetlb"));
+    }
+}
