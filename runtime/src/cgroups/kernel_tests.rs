@@ -282,6 +282,17 @@ fn live_update_changes_enforced_limit() {
         fs::read(dir, "memory.limit_in_bytes").unwrap().trim(),
         (64 * MIB).to_string()
     );
+    // Raising the limit alone above the swap limit is refused with a clear error.
+    let only = res(|b| {
+        b.memory(
+            LinuxMemoryBuilder::default()
+                .limit(128 * MIB)
+                .build()
+                .unwrap(),
+        )
+    });
+    let e = m.set(&only).unwrap_err().to_string();
+    assert!(e.contains("memory+swap"), "{e}");
     m.destroy().unwrap();
     all_gone(&m);
 }

@@ -54,16 +54,22 @@ pub(crate) fn set_memory(dir: &Path, m: &LinuxMemory) -> Result<(), CgroupError>
             }
         }
         (Some(l), None) => {
-            // Without a swap value, a limit above the current memsw would be refused: lift memsw
-            // to unlimited first (as runc does for limit=-1).
-            if has_memsw {
-                let memsw = fs::read(dir, "memory.memsw.limit_in_bytes")?;
-                let memsw: u64 = memsw.trim().parse().unwrap_or(u64::MAX);
-                if l == -1 || (l as u64) > memsw {
-                    fs::write(dir, "memory.memsw.limit_in_bytes", "-1")?;
+            // An unlimited memory limit without a swap value means unlimited swap too (as
+            // runc); a finite limit leaves an earlier swap limit alone, and the kernel refuses
+            // a limit above it (memsw must stay >= limit).
+            if l == -1 && has_memsw {
+                fs::write(dir, "memory.memsw.limit_in_bytes", "-1")?;
+            }
+            let r = fs::write(dir, "memory.limit_in_bytes", &limit_str(l));
+            if let Err(CgroupError::Write { ref source, .. }) = r {
+                if source.raw_os_error() == Some(libc::EINVAL) && has_memsw {
+                    return Err(CgroupError::Invalid(format!(
+                        "memory limit {l} is above the current memory+swap limit; \
+                         give linux.resources.memory.swap too"
+                    )));
                 }
             }
-            fs::write(dir, "memory.limit_in_bytes", &limit_str(l))?;
+            r?;
         }
         (None, Some(s)) => fs::write(dir, "memory.memsw.limit_in_bytes", &limit_str(s))?,
         (None, None) => {}
