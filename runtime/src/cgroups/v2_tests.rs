@@ -123,6 +123,8 @@ fn v2_cpu_max_weight_and_throttling() {
                 .quota(10_000i64)
                 .period(100_000u64)
                 .shares(1024u64)
+                .cpus("0")
+                .mems("0")
                 .build()
                 .unwrap(),
         )
@@ -131,6 +133,9 @@ fn v2_cpu_max_weight_and_throttling() {
     let d = m.path_for("cpu").unwrap();
     assert_eq!(read(d, "cpu.max"), "10000 100000");
     assert_eq!(read(d, "cpu.weight"), "100");
+    let cs = m.path_for("cpuset").unwrap();
+    assert_eq!(read(cs, "cpuset.cpus"), "0");
+    assert_eq!(read(cs, "cpuset.mems"), "0");
     let mut sh = Sh::spawn("while :; do :; done");
     m.apply(sh.pid()).unwrap();
     sh.go();
