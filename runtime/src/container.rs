@@ -404,6 +404,12 @@ impl Container {
         Ok(c)
     }
 
+    /// Removes what a `create` killed before it saved its state left behind (the state
+    /// directory without `state.json`); `Ok(false)` if there is no such leftover.
+    pub fn remove_stale(root: &Path, id: &str) -> Result<bool> {
+        Ok(StateDir::remove_stale(root, id)?)
+    }
+
     /// All containers under `root`, with refreshed status.
     pub fn list(root: &Path) -> Result<Vec<Container>> {
         let mut out = Vec::new();
@@ -908,7 +914,10 @@ fn proc_table() -> Vec<(i32, i32)> {
 /// Blocks until a fifo's write end reports that no reader is left.
 fn wait_no_readers(fd: &OwnedFd) {
     loop {
-        let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::empty())];
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::empty(),
+        )];
         match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
             Err(nix::Error::EINTR) => continue,
             Ok(_) | Err(_) => return,
