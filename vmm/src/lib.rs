@@ -17,6 +17,7 @@ pub mod cpu;
 pub mod devices;
 pub mod event_loop;
 pub mod memory;
+pub mod net;
 pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
