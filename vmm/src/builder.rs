@@ -11,7 +11,7 @@ use kvm_bindings::{
     kvm_mp_state, kvm_pit_config, kvm_userspace_memory_region, KVM_MP_STATE_RUNNABLE,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -23,6 +23,7 @@ use crate::devices::bus::Bus;
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
 use crate::devices::testdev::{TestDevice, TESTDEV_PORT, TESTDEV_PORT_LEN};
+use crate::devices::virtio::VirtioMmioNet;
 use crate::devices::EventFdTrigger;
 use crate::event_loop::{ExitWatcher, StdinForwarder};
 use crate::memory::{self, layout};
@@ -97,8 +98,8 @@ impl VmBuilder {
                 max: 0,
             });
         }
-        if !cfg.net.is_empty() {
-            return Err(VmError::NetUnsupported);
+        if cfg.net.len() > MAX_NET_DEVICES {
+            return Err(VmError::TooManyNetDevices(cfg.net.len()));
         }
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let max = kvm.get_max_vcpus().min(usize::from(u8::MAX));
@@ -139,8 +140,15 @@ impl VmBuilder {
             }
             None => None,
         };
-        let cmdline =
+        let mut cmdline =
             Cmdline::try_from(&cfg.cmdline, layout::CMDLINE_MAX).map_err(VmError::Cmdline)?;
+        for i in 0..cfg.net.len() {
+            let (base, gsi) = virtio_slot(i);
+            // Read by kernels with VIRTIO_MMIO_CMDLINE_DEVICES and by the test guest.
+            cmdline
+                .insert("virtio_mmio.device", &format!("4K@{base:#x}:{gsi}"))
+                .map_err(VmError::Cmdline)?;
+        }
         linux_loader::loader::load_cmdline(&mem, GuestAddress(layout::CMDLINE), &cmdline)
             .map_err(VmError::CmdlineLoad)?;
         let cmdline_len = cmdline
@@ -190,6 +198,23 @@ impl VmBuilder {
         mmio.insert(testdev.clone(), layout::MMIO_DEVICES, layout::MMIO_WINDOW)?;
 
         let mut subscribers: Vec<Subscriber> = Vec::new();
+        for (i, net) in cfg.net.iter().enumerate() {
+            let (base, gsi) = virtio_slot(i);
+            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+            vm_fd
+                .register_irqfd(&irq, gsi)
+                .map_err(kvm_err("KVM_IRQFD"))?;
+            let dev = VirtioMmioNet::new(net, mem.clone(), irq)
+                .map_err(|source| VmError::Net { index: i, source })?;
+            for (offset, queue, evt) in dev.notify_events() {
+                vm_fd
+                    .register_ioevent(&evt, &IoEventAddress::Mmio(base + offset), queue)
+                    .map_err(kvm_err("KVM_IOEVENTFD"))?;
+            }
+            let dev = Arc::new(Mutex::new(dev));
+            mmio.insert(dev.clone(), base, layout::MMIO_WINDOW)?;
+            subscribers.push(dev);
+        }
         subscribers.push(Arc::new(Mutex::new(
             ExitWatcher::new(control.clone(), reset_evt, cfg.timeout())
                 .map_err(VmError::EventFd)?,
@@ -241,6 +266,17 @@ impl VmBuilder {
             testdev,
         })
     }
+}
+
+/// Most virtio-net devices per VM (GSIs 5, 6, 7, 9..=13).
+pub const MAX_NET_DEVICES: usize = 8;
+
+/// MMIO window base and GSI of the `i`th virtio device: windows follow the test device's;
+/// GSIs start at 5 (after COM1's 4), skipping the RTC's 8.
+pub fn virtio_slot(i: usize) -> (u64, u32) {
+    let base = layout::MMIO_DEVICES + (i as u64 + 1) * layout::MMIO_WINDOW;
+    let gsi = 5 + i as u32;
+    (base, if gsi >= 8 { gsi + 1 } else { gsi })
 }
 
 fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {

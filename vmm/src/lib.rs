@@ -73,9 +73,18 @@ pub enum VmError {
     /// Creating an eventfd or timerfd.
     #[error("creating an eventfd/timerfd")]
     EventFd(#[source] std::io::Error),
-    /// virtio-net is not in this build yet.
-    #[error("virtio-net devices are not supported by this build")]
-    NetUnsupported,
+    /// Too many network devices.
+    #[error("{0} network devices requested; at most 8 are supported")]
+    TooManyNetDevices(usize),
+    /// A virtio-net device could not be created.
+    #[error("network device {index}")]
+    Net {
+        /// Position in `VmConfig::net`.
+        index: usize,
+        /// Why.
+        #[source]
+        source: crate::devices::virtio::VirtioError,
+    },
     /// Seccomp.
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),

@@ -13,6 +13,9 @@ use seccompiler::{
 
 /// `KVM_RUN` ioctl request number, `_IO(KVMIO, 0x80)`.
 const KVM_RUN: u64 = 0xae80;
+/// `TUNSETOFFLOAD`, `_IOW('T', 208, unsigned int)`: virtio-net sets the tap's offloads when
+/// the driver activates or resets the device (an MMIO write on a vCPU thread).
+const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 
 /// Errors building or installing a filter.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +85,14 @@ const VMM_EXTRA: &[libc::c_long] = &[
     libc::SYS_fcntl,
 ];
 
+/// A rule matching when argument `index` equals `value` (compared as 32 bits, as the kernel
+/// truncates ioctl request numbers and fcntl commands to int).
+fn arg_eq(name: &'static str, index: u8, value: u64) -> Result<SeccompRule, SeccompError> {
+    let cond = SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+        .map_err(|e| SeccompError::Build(name, e))?;
+    SeccompRule::new(vec![cond]).map_err(|e| SeccompError::Build(name, e))
+}
+
 fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let name = kind.name();
     let mut m: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
@@ -90,30 +101,21 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompErr
     }
     match kind {
         ThreadKind::Vcpu => {
-            let only_kvm_run = SeccompRule::new(vec![SeccompCondition::new(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                KVM_RUN,
-            )
-            .map_err(|e| SeccompError::Build(name, e))?])
-            .map_err(|e| SeccompError::Build(name, e))?;
-            m.insert(libc::SYS_ioctl, vec![only_kvm_run]);
+            m.insert(
+                libc::SYS_ioctl,
+                vec![arg_eq(name, 1, KVM_RUN)?, arg_eq(name, 1, TUNSETOFFLOAD)?],
+            );
             // std checks that an fd is open (F_GETFD) before closing it in debug builds.
-            let only_getfd = SeccompRule::new(vec![SeccompCondition::new(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                libc::F_GETFD as u64,
-            )
-            .map_err(|e| SeccompError::Build(name, e))?])
-            .map_err(|e| SeccompError::Build(name, e))?;
-            m.insert(libc::SYS_fcntl, vec![only_getfd]);
+            m.insert(
+                libc::SYS_fcntl,
+                vec![arg_eq(name, 1, libc::F_GETFD as u64)?],
+            );
         }
         ThreadKind::Vmm => {
             for s in VMM_EXTRA {
                 m.insert(*s, vec![]);
             }
+            m.insert(libc::SYS_ioctl, vec![arg_eq(name, 1, TUNSETOFFLOAD)?]);
         }
     }
     Ok(m)

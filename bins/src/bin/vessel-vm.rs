@@ -89,9 +89,11 @@ fn parse_net(spec: &str) -> Result<NetConfig, String> {
                 backend = Some(NetBackend::Macvtap { link: l.into() })
             }
             Some(("mac", m)) => mac = Some(m.parse::<MacAddr>().map_err(|e| e.to_string())?),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "invalid --net {spec:?}: expected tap=NAME or macvtap=LINK, optionally ,mac=MAC"
-            )),
+            ))
+            }
         }
     }
     let backend = backend.ok_or_else(|| format!("invalid --net {spec:?}: no tap= or macvtap="))?;
