@@ -8,7 +8,9 @@ use vm_common::{guest, run_guest, vessel_vm};
 
 #[test]
 fn hello_prints_and_shuts_down() {
-    let Some(g) = guest("hello_prints_and_shuts_down") else { return };
+    let Some(g) = guest("hello_prints_and_shuts_down") else {
+        return;
+    };
     let r = run_guest(&g, "hello", &["--console", "stdio"]);
     assert_eq!(r.code(), 0);
     assert!(r.stdout.starts_with("vessel-guest: ready"), "{}", r.stdout);
@@ -17,14 +19,18 @@ fn hello_prints_and_shuts_down() {
 
 #[test]
 fn debug_exit_code_is_the_exit_status() {
-    let Some(g) = guest("debug_exit_code_is_the_exit_status") else { return };
+    let Some(g) = guest("debug_exit_code_is_the_exit_status") else {
+        return;
+    };
     assert_eq!(run_guest(&g, "exit=7", &[]).code(), 7);
     assert_eq!(run_guest(&g, "exit=42", &["--memory", "64M"]).code(), 42);
 }
 
 #[test]
 fn port_io_of_each_size_reaches_the_test_device() {
-    let Some(g) = guest("port_io_of_each_size_reaches_the_test_device") else { return };
+    let Some(g) = guest("port_io_of_each_size_reaches_the_test_device") else {
+        return;
+    };
     let r = run_guest(&g, "pio", &[]);
     assert!(r.stdout.contains("pio: ok"), "{}", r.stdout);
     assert_eq!(r.code(), 0);
@@ -32,7 +38,9 @@ fn port_io_of_each_size_reaches_the_test_device() {
 
 #[test]
 fn mmio_of_each_size_reaches_the_test_device() {
-    let Some(g) = guest("mmio_of_each_size_reaches_the_test_device") else { return };
+    let Some(g) = guest("mmio_of_each_size_reaches_the_test_device") else {
+        return;
+    };
     let r = run_guest(&g, "mmio", &[]);
     assert!(r.stdout.contains("mmio: ok"), "{}", r.stdout);
     assert_eq!(r.code(), 0);
@@ -40,13 +48,16 @@ fn mmio_of_each_size_reaches_the_test_device() {
 
 #[test]
 fn every_vcpu_runs_with_its_own_apic_id() {
-    let Some(g) = guest("every_vcpu_runs_with_its_own_apic_id") else { return };
+    let Some(g) = guest("every_vcpu_runs_with_its_own_apic_id") else {
+        return;
+    };
     for (n, ids) in [(1, "0"), (2, "0 1"), (4, "0 1 2 3")] {
         let cpus = n.to_string();
         let r = run_guest(&g, "smp", &["--cpus", &cpus, "--direct-ap-start"]);
         assert_eq!(r.code(), 0, "{n} cpus");
         assert!(
-            r.stdout.contains(&format!("smp: {n} cpus up, apic ids: {ids}\r\n")),
+            r.stdout
+                .contains(&format!("smp: {n} cpus up, apic ids: {ids}\r\n")),
             "{}",
             r.stdout
         );
@@ -55,7 +66,9 @@ fn every_vcpu_runs_with_its_own_apic_id() {
 
 #[test]
 fn triple_fault_is_a_crash() {
-    let Some(g) = guest("triple_fault_is_a_crash") else { return };
+    let Some(g) = guest("triple_fault_is_a_crash") else {
+        return;
+    };
     let r = run_guest(&g, "crash", &[]);
     assert_eq!(r.code(), 125);
     assert!(r.stderr.contains("triple fault"), "{}", r.stderr);
@@ -63,7 +76,9 @@ fn triple_fault_is_a_crash() {
 
 #[test]
 fn timeout_stops_a_spinning_guest() {
-    let Some(g) = guest("timeout_stops_a_spinning_guest") else { return };
+    let Some(g) = guest("timeout_stops_a_spinning_guest") else {
+        return;
+    };
     let r = run_guest(&g, "spin", &["--timeout", "1", "--cpus", "2"]);
     assert_eq!(r.code(), 124);
     assert!(r.stderr.contains("timeout"));
@@ -71,15 +86,21 @@ fn timeout_stops_a_spinning_guest() {
 
 #[test]
 fn unknown_test_word_reports_failure() {
-    let Some(g) = guest("unknown_test_word_reports_failure") else { return };
+    let Some(g) = guest("unknown_test_word_reports_failure") else {
+        return;
+    };
     let r = run_guest(&g, "nothing-here", &[]);
     assert_eq!(r.code(), 3);
-    assert!(r.stdout.contains("no test on the command line: nothing-here"));
+    assert!(r
+        .stdout
+        .contains("no test on the command line: nothing-here"));
 }
 
 #[test]
 fn console_goes_to_a_file_or_nowhere() {
-    let Some(g) = guest("console_goes_to_a_file_or_nowhere") else { return };
+    let Some(g) = guest("console_goes_to_a_file_or_nowhere") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("console.log");
     let spec = format!("file:{}", log.display());
@@ -95,7 +116,9 @@ fn console_goes_to_a_file_or_nowhere() {
 
 #[test]
 fn console_input_reaches_the_guest() {
-    let Some(g) = guest("console_input_reaches_the_guest") else { return };
+    let Some(g) = guest("console_input_reaches_the_guest") else {
+        return;
+    };
     let gs = g.to_str().unwrap();
     let r = vessel_vm(&["run", "--kernel", gs, "--cmdline", "echo"], b"hello vm\n");
     assert_eq!(r.code(), 0);
@@ -105,7 +128,9 @@ fn console_input_reaches_the_guest() {
 
 #[test]
 fn json_config_and_flag_overrides() {
-    let Some(g) = guest("json_config_and_flag_overrides") else { return };
+    let Some(g) = guest("json_config_and_flag_overrides") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("vm.json");
     let json = serde_json::json!({
@@ -114,7 +139,10 @@ fn json_config_and_flag_overrides() {
     std::fs::write(&cfg, json.to_string()).unwrap();
     let c = cfg.to_str().unwrap();
     assert_eq!(vessel_vm(&["run", "--config", c], b"").code(), 9);
-    assert_eq!(vessel_vm(&["run", "--config", c, "--cmdline", "exit=5"], b"").code(), 5);
+    assert_eq!(
+        vessel_vm(&["run", "--config", c, "--cmdline", "exit=5"], b"").code(),
+        5
+    );
     std::fs::write(&cfg, r#"{"kernel":"/k","bogus":1}"#).unwrap();
     let r = vessel_vm(&["run", "--config", c], b"");
     assert_eq!(r.code(), 1);
@@ -123,7 +151,9 @@ fn json_config_and_flag_overrides() {
 
 #[test]
 fn bad_kernel_images_are_rejected_clearly() {
-    let Some(g) = guest("bad_kernel_images_are_rejected_clearly") else { return };
+    let Some(g) = guest("bad_kernel_images_are_rejected_clearly") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk");
     std::fs::write(&junk, b"definitely not a kernel").unwrap();
@@ -144,15 +174,23 @@ fn bad_kernel_images_are_rejected_clearly() {
     assert!(r.stderr.contains("No such file"), "{}", r.stderr);
 
     let big = dir.path().join("big");
-    std::fs::File::create(&big).unwrap().set_len(8 << 20).unwrap();
-    let r = vessel_vm(&["run", "--kernel", big.to_str().unwrap(), "--memory", "4M"], b"");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let r = vessel_vm(
+        &["run", "--kernel", big.to_str().unwrap(), "--memory", "4M"],
+        b"",
+    );
     assert_eq!(r.code(), 1);
     assert!(r.stderr.contains("does not fit in 4 MiB"), "{}", r.stderr);
 }
 
 #[test]
 fn bad_sizes_are_rejected_and_leave_no_tap_behind() {
-    let Some(g) = guest("bad_sizes_are_rejected_and_leave_no_tap_behind") else { return };
+    let Some(g) = guest("bad_sizes_are_rejected_and_leave_no_tap_behind") else {
+        return;
+    };
     let gs = g.to_str().unwrap();
     let tap = vm_common::ifname("vbad");
     let net = format!("tap={tap}");

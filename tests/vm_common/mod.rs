@@ -65,7 +65,10 @@ pub fn vessel_vm(args: &[&str], stdin: &[u8]) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into(),
         stderr: String::from_utf8_lossy(&out.stderr).into(),
     };
-    eprintln!("vessel-vm {args:?} -> {:?}\nstdout:\n{}\nstderr:\n{}", run.status, run.stdout, run.stderr);
+    eprintln!(
+        "vessel-vm {args:?} -> {:?}\nstdout:\n{}\nstderr:\n{}",
+        run.status, run.stdout, run.stderr
+    );
     run
 }
 
@@ -175,7 +178,8 @@ impl PacketSocket {
     pub fn bind(ifname: &str, ethertype: u16) -> std::io::Result<Self> {
         let proto = ethertype.to_be() as i32;
         // SAFETY: plain socket(2).
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+        let fd =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -203,7 +207,10 @@ impl PacketSocket {
         if r < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let tv = libc::timeval { tv_sec: 20, tv_usec: 0 };
+        let tv = libc::timeval {
+            tv_sec: 20,
+            tv_usec: 0,
+        };
         // SAFETY: setting a receive timeout with a valid timeval.
         unsafe {
             libc::setsockopt(
