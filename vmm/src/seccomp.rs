@@ -16,6 +16,9 @@ const KVM_RUN: u64 = 0xae80;
 /// `TUNSETOFFLOAD`, `_IOW('T', 208, unsigned int)`: virtio-net sets the tap's offloads when
 /// the driver activates or resets the device (an MMIO write on a vCPU thread).
 const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+/// `KVM_GET_REGS`, `_IOR(KVMIO, 0x81, struct kvm_regs)`: read-only, records where a stopped
+/// vCPU was.
+const KVM_GET_REGS: u64 = 0x8090_ae81;
 
 /// Errors building or installing a filter.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +106,11 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompErr
         ThreadKind::Vcpu => {
             m.insert(
                 libc::SYS_ioctl,
-                vec![arg_eq(name, 1, KVM_RUN)?, arg_eq(name, 1, TUNSETOFFLOAD)?],
+                vec![
+                    arg_eq(name, 1, KVM_RUN)?,
+                    arg_eq(name, 1, KVM_GET_REGS)?,
+                    arg_eq(name, 1, TUNSETOFFLOAD)?,
+                ],
             );
             // std checks that an fd is open (F_GETFD) before closing it in debug builds.
             m.insert(

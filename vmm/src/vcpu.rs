@@ -64,6 +64,8 @@ pub struct Control {
     cond: Condvar,
     threads: Mutex<Vec<libc::pthread_t>>,
     vcpus: usize,
+    /// Where each vCPU's RIP was when it left its run loop (diagnostics for timeouts/stops).
+    last_rip: Mutex<Vec<Option<u64>>>,
 }
 
 /// Errors of the pause protocol.
@@ -102,6 +104,7 @@ impl Control {
             cond: Condvar::new(),
             threads: Mutex::new(Vec::new()),
             vcpus,
+            last_rip: Mutex::new(vec![None; vcpus]),
         })
     }
 
@@ -118,6 +121,11 @@ impl Control {
     /// How the VM ended, if it has.
     pub fn exit(&self) -> Option<VmExit> {
         guard(&self.exit).clone()
+    }
+
+    /// RIP of each vCPU when it stopped (None while running or if unknown).
+    pub fn last_rips(&self) -> Vec<Option<u64>> {
+        guard(&self.last_rip).clone()
     }
 
     pub(crate) fn add_thread(&self, t: libc::pthread_t) {
@@ -279,6 +287,11 @@ impl Vcpu {
             }
         }
         KVM_RUN_PTR.with(|c| c.set(std::ptr::null_mut()));
+        if let Ok(regs) = self.fd.get_regs() {
+            if let Some(slot) = guard(&self.control.last_rip).get_mut(usize::from(self.index)) {
+                *slot = Some(regs.rip);
+            }
+        }
         self.control.vcpu_exited();
     }
 

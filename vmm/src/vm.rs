@@ -48,6 +48,12 @@ impl VmHandle {
         self.control.resume()
     }
 
+    /// RIP of each vCPU when it left its run loop (None while it runs): after a timeout this
+    /// tells how far the guest got.
+    pub fn last_rips(&self) -> Vec<Option<u64>> {
+        self.control.last_rips()
+    }
+
     /// End the VM; [`Vm::run`] returns [`VmExit::Stopped`].
     pub fn stop(&self) {
         self.control.finish(VmExit::Stopped);
@@ -156,5 +162,91 @@ impl Vm {
                 Err(VmError::VmmThreadPanicked)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ConsoleConfig, VmBuilder, VmConfig};
+    use std::path::PathBuf;
+    use std::time::Instant;
+
+    fn test_guest() -> Option<PathBuf> {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/.cache/guest/vessel-test-guest");
+        if !p.exists() {
+            println!("SKIPPED: test guest missing (run fixtures/guest.sh)");
+            return None;
+        }
+        if std::fs::File::open("/dev/kvm").is_err() {
+            println!("SKIPPED: /dev/kvm unavailable");
+            return None;
+        }
+        Some(p)
+    }
+
+    fn accesses(dev: &Arc<Mutex<TestDevice>>) -> u32 {
+        dev.lock().unwrap().accesses()
+    }
+
+    /// Poll until `f` holds; false after 30 s (a hang, not a speed check).
+    fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn pause_parks_every_vcpu_and_resume_continues() {
+        let Some(g) = test_guest() else { return };
+        let mut cfg = VmConfig::new(g);
+        cfg.cmdline = "spin".into();
+        cfg.console = ConsoleConfig::None;
+        cfg.vcpus = 2;
+        cfg.timeout_secs = Some(120.0);
+        let vm = VmBuilder::new(cfg).build().unwrap();
+        let handle = vm.handle();
+        let dev = vm.test_device_accesses();
+        let runner = std::thread::spawn(move || vm.run());
+        assert!(
+            eventually(|| accesses(&dev) > 0),
+            "guest never touched the device"
+        );
+        handle.pause().unwrap();
+        let paused_at = accesses(&dev);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(accesses(&dev), paused_at, "a vCPU ran while paused");
+        handle.pause().unwrap(); // idempotent
+        handle.resume().unwrap();
+        assert!(
+            eventually(|| accesses(&dev) > paused_at),
+            "no progress after resume"
+        );
+        handle.stop();
+        assert_eq!(runner.join().unwrap().unwrap(), VmExit::Stopped);
+        assert!(matches!(handle.pause(), Err(ControlError::NotRunning)));
+    }
+
+    #[test]
+    fn invalid_sizes_fail_before_touching_kvm() {
+        let mut cfg = VmConfig::new("/nonexistent");
+        cfg.vcpus = 0;
+        assert!(matches!(
+            VmBuilder::new(cfg.clone()).build(),
+            Err(VmError::Vcpus { requested: 0, .. })
+        ));
+        cfg.vcpus = 1;
+        cfg.memory_mib = 0;
+        let e = VmBuilder::new(cfg).build().err().unwrap();
+        assert!(
+            matches!(e, VmError::Memory(_)) || matches!(e, VmError::OpenKvm(_)),
+            "{e}"
+        );
     }
 }

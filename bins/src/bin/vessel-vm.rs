@@ -155,15 +155,24 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = VmBuilder::new(cfg)
-        .seccomp(seccomp)
-        .build()
-        .and_then(|vm| vm.run());
+    let mut handle = None;
+    let result = VmBuilder::new(cfg).seccomp(seccomp).build().and_then(|vm| {
+        handle = Some(vm.handle());
+        vm.run()
+    });
+    let rips = || {
+        let rips = handle.as_ref().map(|h| h.last_rips()).unwrap_or_default();
+        rips.iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.map(|r| format!("vCPU{i} at RIP {r:#x}")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     match result {
         Ok(VmExit::Shutdown) | Ok(VmExit::Stopped) => ExitCode::SUCCESS,
         Ok(VmExit::DebugExit(code)) => ExitCode::from((code & 0xff) as u8),
         Ok(VmExit::Timeout) => {
-            eprintln!("vessel-vm: timeout: the guest was stopped");
+            eprintln!("vessel-vm: timeout: the guest was stopped ({})", rips());
             ExitCode::from(EXIT_TIMEOUT)
         }
         Ok(VmExit::Reset) => {
