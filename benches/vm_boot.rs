@@ -202,7 +202,10 @@ fn run_exits(env: &Env, vmm: Vmm, cmdline: &str) -> Result<Duration, String> {
     Ok(start.elapsed())
 }
 
-fn median(v: &mut [f64]) -> (f64, f64, f64) {
+/// (median, p10, p90).
+type Stat = (f64, f64, f64);
+
+fn median(v: &mut [f64]) -> Stat {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     (at(0.5), at(0.1), at(0.9))
@@ -257,7 +260,7 @@ fn main() {
         env.guest.display()
     );
 
-    let mut results: Vec<(Vmm, [(f64, f64, f64); 4])> = Vec::new();
+    let mut results: Vec<(Vmm, [Stat; 4])> = Vec::new();
     let mut samples: Vec<Vec<Boot>> = vmms.iter().map(|_| Vec::new()).collect();
     for _ in 0..runs {
         for (i, vmm) in vmms.iter().enumerate() {
