@@ -51,6 +51,11 @@ fn linux_elf_prints_banner_and_boot_protocol_data() {
         .wait_for("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable")
         .is_some();
     assert!(e820, "the e820 map did not describe 256 MiB from 1 MiB");
+    // The kernel finds vessel's ACPI tables through boot_params.acpi_rsdp_addr.
+    let rsdp = vm.wait_for("ACPI: RSDP").expect("no ACPI RSDP line");
+    assert!(rsdp.contains("VESSEL"), "{rsdp}");
+    assert!(vm.wait_for("ACPI: DSDT").is_some(), "DSDT not found");
+    assert!(vm.wait_for("ACPI: APIC").is_some(), "MADT not found");
     // Dropping `vm` stops the VM (the kernel would not reach /init here anyway).
 }
 

@@ -16,7 +16,7 @@ use linux_loader::cmdline::Cmdline;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot::{bootparams, loader, mptable, paging, BootError};
+use crate::boot::{acpi, bootparams, loader, mptable, paging, BootError};
 use crate::config::{ApStart, ConsoleConfig, VmConfig};
 use crate::cpu::{cpuid, msr, regs};
 use crate::devices::bus::Bus;
@@ -156,6 +156,20 @@ impl VmBuilder {
             .map_err(VmError::Cmdline)?
             .as_bytes()
             .len() as u32;
+        let cr3 = paging::setup_identity_paging(&mem)?;
+        regs::write_gdt_idt(&mem)?;
+        mptable::setup_mptable(&mem, cfg.vcpus)?;
+        let acpi_rsdp = if cfg.acpi {
+            let devices: Vec<acpi::MmioDevice> = (0..cfg.net.len())
+                .map(|i| {
+                    let (base, gsi) = virtio_slot(i);
+                    acpi::MmioDevice { base, gsi }
+                })
+                .collect();
+            Some(acpi::setup_acpi(&mem, cfg.vcpus, &devices)?)
+        } else {
+            None
+        };
         bootparams::write_zero_page(
             &mem,
             &bootparams::ZeroPage {
@@ -163,12 +177,10 @@ impl VmBuilder {
                 cmdline_addr: layout::CMDLINE,
                 cmdline_len,
                 initrd,
+                acpi_rsdp,
             },
         )
         .map_err(BootError::from)?;
-        let cr3 = paging::setup_identity_paging(&mem)?;
-        regs::write_gdt_idt(&mem)?;
-        mptable::setup_mptable(&mem, cfg.vcpus)?;
 
         // Devices.
         let control = Arc::new(Control::new(cfg.vcpus.into()).map_err(VmError::EventFd)?);

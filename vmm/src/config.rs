@@ -111,9 +111,16 @@ pub struct VmConfig {
     /// How APs start.
     #[serde(default)]
     pub ap_start: ApStart,
+    /// Provide ACPI tables (MADT, and a DSDT describing the virtio-mmio devices).
+    #[serde(default = "default_true")]
+    pub acpi: bool,
     /// Stop the guest (and report [`crate::VmExit::Timeout`]) after this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<f64>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_vcpus() -> u8 {
@@ -136,6 +143,7 @@ impl VmConfig {
             console: ConsoleConfig::default(),
             net: Vec::new(),
             ap_start: ApStart::default(),
+            acpi: true,
             timeout_secs: None,
         }
     }

@@ -71,6 +71,9 @@ struct RunArgs {
     /// Start every vCPU at the kernel entry in long mode (for guests without an AP trampoline).
     #[arg(long)]
     direct_ap_start: bool,
+    /// Do not provide ACPI tables (the MP table still describes the CPUs).
+    #[arg(long)]
+    no_acpi: bool,
     /// Stop the guest after this many seconds (exit status 124).
     #[arg(long)]
     timeout: Option<f64>,
@@ -129,6 +132,9 @@ fn build_config(a: RunArgs) -> Result<(VmConfig, bool), Box<dyn std::error::Erro
     }
     if a.direct_ap_start {
         cfg.ap_start = ApStart::Direct;
+    }
+    if a.no_acpi {
+        cfg.acpi = false;
     }
     if a.timeout.is_some() {
         cfg.timeout_secs = a.timeout;

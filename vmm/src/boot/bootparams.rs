@@ -37,6 +37,8 @@ pub struct ZeroPage {
     pub cmdline_len: u32,
     /// Initrd (address, size).
     pub initrd: Option<(u64, u64)>,
+    /// Address of the ACPI RSDP, if there are ACPI tables.
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// Build the e820 map for `mem`: low RAM, the EBDA/BIOS hole as reserved, RAM from 1 MiB.
@@ -73,6 +75,9 @@ pub fn write_zero_page(mem: &GuestMemoryMmap, zp: &ZeroPage) -> Result<(), BootP
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
     }
+    if let Some(rsdp) = zp.acpi_rsdp {
+        params.acpi_rsdp_addr = rsdp;
+    }
     let map = e820_map(mem);
     if map.len() > params.e820_table.len() {
         return Err(BootParamsError::E820Overflow);
@@ -105,12 +110,14 @@ mod tests {
                 cmdline_addr: layout::CMDLINE,
                 cmdline_len: 5,
                 initrd: Some((0x300_0000, 0x1000)),
+                acpi_rsdp: Some(layout::ACPI_RSDP),
             },
         )
         .unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE)).unwrap();
         assert_eq!({ p.hdr.cmd_line_ptr }, layout::CMDLINE as u32);
         assert_eq!({ p.hdr.ramdisk_image }, 0x300_0000);
+        assert_eq!({ p.acpi_rsdp_addr }, layout::ACPI_RSDP);
         assert_eq!(p.e820_entries, 3);
         assert_eq!({ p.e820_table[2].addr }, 0x10_0000);
         assert_eq!({ p.e820_table[2].size }, (64 << 20) - 0x10_0000);

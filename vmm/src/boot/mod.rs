@@ -1,6 +1,7 @@
 //! Everything needed to enter a kernel: loading it, and the x86_64 state the boot protocol
 //! expects (GDT, identity page tables, zero page with the e820 map, MP table).
 
+pub mod acpi;
 pub mod bootparams;
 pub mod gdt;
 pub mod loader;
