@@ -39,7 +39,7 @@ fn linux_elf_prints_banner_and_boot_protocol_data() {
         "--memory",
         "256M",
         "--timeout",
-        "300",
+        "600",
     ]));
     let banner = vm
         .wait_for("Linux version")
