@@ -196,6 +196,10 @@ fn bad_sizes_are_rejected_and_leave_no_tap_behind() {
     let net = format!("tap={tap}");
     for (args, msg) in [
         (vec!["--cpus", "0"], "invalid vCPU count 0"),
+        (
+            vec!["--cpus", "255"],
+            "invalid vCPU count 255: must be between 1 and",
+        ),
         (vec!["--memory", "0"], "at least 1 MiB"),
         (vec!["--memory", "100000G"], "exceeds the host"),
         (vec!["--memory", "12X"], "invalid memory size"),

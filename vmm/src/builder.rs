@@ -102,7 +102,8 @@ impl VmBuilder {
             return Err(VmError::TooManyNetDevices(cfg.net.len()));
         }
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        let max = kvm.get_max_vcpus().min(usize::from(u8::MAX));
+        // APIC ids are 8 bits and the IOAPIC takes the id after the last CPU.
+        let max = kvm.get_max_vcpus().min(MAX_VCPUS);
         if usize::from(cfg.vcpus) > max {
             return Err(VmError::Vcpus {
                 requested: cfg.vcpus.into(),
@@ -279,6 +280,9 @@ impl VmBuilder {
         })
     }
 }
+
+/// Most vCPUs per VM, whatever KVM allows: xAPIC ids 0..=253 plus the IOAPIC's id.
+pub const MAX_VCPUS: usize = 254;
 
 /// Most virtio-net devices per VM (GSIs 5, 6, 7, 9..=13).
 pub const MAX_NET_DEVICES: usize = 8;

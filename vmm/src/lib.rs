@@ -41,7 +41,7 @@ pub enum VmError {
     Kvm(&'static str, #[source] kvm_ioctls::Error),
     /// vCPU count out of range.
     #[error(
-        "invalid vCPU count {requested}: must be between 1 and {max} (KVM's maximum on this host)"
+        "invalid vCPU count {requested}: must be between 1 and {max} (KVM's maximum on this host, at most 254)"
     )]
     Vcpus {
         /// Asked for.
