@@ -225,3 +225,35 @@ fn help_shows_examples_and_exit_statuses() {
     assert!(r.stdout.contains("Examples:"));
     assert!(r.stdout.contains("124"));
 }
+
+/// The benchmark's peer boots the same ELF through its PVH note (32-bit entry, the guest's
+/// own page tables), which checks the guest's second entry path.
+#[test]
+fn qemu_microvm_boots_the_same_guest_via_pvh() {
+    let test = "qemu_microvm_boots_the_same_guest_via_pvh";
+    let Some(g) = guest(test) else { return };
+    let qemu = std::path::Path::new("/usr/bin/qemu-system-x86_64");
+    if !qemu.exists() {
+        common::skip(test, "qemu-system-x86_64 missing: run fixtures/qemu.sh");
+        return;
+    }
+    let out = std::process::Command::new(qemu)
+        .args([
+            "-M",
+            "microvm,x-option-roms=off,rtc=off",
+            "-enable-kvm",
+            "-cpu",
+            "host",
+        ])
+        .args(["-m", "128M", "-nodefaults", "-no-user-config", "-nographic"])
+        .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel"])
+        .arg(&g)
+        .args(["-append", "exit=5"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("vessel-guest: ready"), "{stdout}");
+    // isa-debug-exit: status (code << 1) | 1.
+    assert_eq!(out.status.code(), Some(11));
+}
