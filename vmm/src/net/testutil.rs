@@ -99,6 +99,40 @@ impl PacketSocket {
         Ok(PacketSocket { fd })
     }
 
+    /// A second socket on the same interface whose frames carry a `virtio_net_hdr` prefix
+    /// (PACKET_VNET_HDR), to inject GSO frames.
+    pub fn with_vnet_hdr(&self) -> io::Result<PacketSocket> {
+        let mut sll: libc::sockaddr_ll = unsafe_zeroed_sll();
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // SAFETY: pointer/length describe `sll`, valid for the call.
+        let ret = unsafe {
+            libc::getsockname(
+                self.fd.as_raw_fd(),
+                &mut sll as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let s = PacketSocket::bind(sll.sll_ifindex as u32)?;
+        let one: libc::c_int = 1;
+        // SAFETY: pointer/length describe `one`, valid for the call.
+        let ret = unsafe {
+            libc::setsockopt(
+                s.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(s)
+    }
+
     /// Send one frame out of the bound interface.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: the pointer/length describe `frame`, valid for the call.
@@ -139,6 +173,11 @@ impl PacketSocket {
             }
         }
     }
+}
+
+fn unsafe_zeroed_sll() -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    unsafe { std::mem::zeroed() }
 }
 
 /// Read frames from `tap` (waiting up to 5 s each) until one whose bytes 12.. start with `id`;

@@ -129,16 +129,24 @@ impl Harness {
     /// socket, registered with an event manager. The driver has not started yet.
     fn new() -> Self {
         let name = unique_ifname("vn");
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let cfg = NetConfig {
             backend: NetBackend::Tap { name: name.clone() },
             mac: Some(MacAddr([0x02, 0, 0, 0, 0x12, 0x34])),
         };
-        let dev = VirtioMmioNet::new(&cfg, mem.clone(), irq.try_clone().unwrap()).unwrap();
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        netlink::set_link_up(&name, true).unwrap();
-        let peer = PacketSocket::bind(netlink::link_index(&name).unwrap()).unwrap();
+        Self::with_config(&cfg, || {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+            netlink::set_link_up(&name, true).unwrap();
+            netlink::link_index(&name).unwrap()
+        })
+    }
+
+    /// A device built from `cfg`; `host_side` prepares the host network once the backend is
+    /// open and returns the interface index the AF_PACKET peer socket binds to.
+    fn with_config(cfg: &NetConfig, host_side: impl FnOnce() -> u32) -> Self {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let dev = VirtioMmioNet::new(cfg, mem.clone(), irq.try_clone().unwrap()).unwrap();
+        let peer = PacketSocket::bind(host_side()).unwrap();
         let dev = Arc::new(Mutex::new(dev));
         let mut em = EventManager::<Dev>::new().unwrap();
         em.add_subscriber(dev.clone());
@@ -882,4 +890,184 @@ fn features_not_offered_are_refused() {
     );
     h.w32(VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_FEATURES_OK);
     assert_eq!(h.status() & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+}
+
+// ----- offloads -----
+
+/// An Ethernet + IPv4 + TCP frame with `payload` bytes of data; bytes 12..20 are unique.
+fn tcp_frame(payload: usize) -> Vec<u8> {
+    let id = test_frame(0, 20);
+    let total = 20 + 20 + payload;
+    let mut f = vec![0u8; 14 + total];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0x12, 0x34]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0x56, 0x78]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&[id[17] ^ id[18], id[19]]);
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&[198, 18, 9, 2]);
+    ip[16..20].copy_from_slice(&[198, 18, 9, 1]);
+    let mut sum: u32 = 0;
+    for c in ip.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let tcp = &mut f[34..54];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&5001u16.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    f
+}
+
+/// virtio_net_hdr for a TCPv4 GSO frame with a partial checksum.
+fn gso_hdr(gso_size: u16) -> [u8; VNET_HDR_LEN] {
+    let mut h = [0u8; VNET_HDR_LEN];
+    h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    h[1] = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+    h[2..4].copy_from_slice(&54u16.to_le_bytes()); // hdr_len
+    h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start
+    h[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset
+    h
+}
+
+const TSO_FEATURES: u64 = BASE_FEATURES
+    | (1 << VIRTIO_NET_F_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_TSO4)
+    | (1 << VIRTIO_NET_F_HOST_TSO4);
+
+#[test]
+fn guest_tso_receives_unsegmented_gso_frames() {
+    let mut h = Harness::new();
+    let acked = h.start(TSO_FEATURES);
+    assert_eq!(acked, TSO_FEATURES);
+    h.post_rx(8, 8192);
+    h.settle();
+    // Inject a 3000-byte-payload GSO frame into the tap's transmit path with a vnet header.
+    let frame = tcp_frame(3000);
+    let vnet_sock = h.peer.with_vnet_hdr().unwrap();
+    let mut pkt = gso_hdr(1000)[..10].to_vec();
+    pkt.extend_from_slice(&frame);
+    vnet_sock.send(&pkt).unwrap();
+    let mut from = 0;
+    let (hdr, got, _) = h.wait_rx(&frame[12..20], &mut from);
+    assert_eq!(got.len(), frame.len(), "GSO frame must arrive whole");
+    assert_eq!(got[54..], frame[54..]);
+    assert_eq!(hdr[1], VIRTIO_NET_HDR_GSO_TCPV4 as u8);
+    assert_eq!(u16::from_le_bytes([hdr[4], hdr[5]]), 1000);
+    assert_ne!(hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8, 0);
+}
+
+#[test]
+fn without_guest_tso_the_backend_segments() {
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES);
+    h.post_rx(16, 2048);
+    h.settle();
+    let frame = tcp_frame(3000);
+    let vnet_sock = h.peer.with_vnet_hdr().unwrap();
+    let mut pkt = gso_hdr(1000)[..10].to_vec();
+    pkt.extend_from_slice(&frame);
+    vnet_sock.send(&pkt).unwrap();
+    // Three segments of 1000 bytes, each a complete frame with a plain header.
+    let mut from = 0;
+    let mut data = Vec::new();
+    for _ in 0..3 {
+        let (hdr, got, _) = h.wait_rx(&frame[12..14], &mut from);
+        assert_eq!(hdr[1], 0, "no GSO without GUEST_TSO4");
+        assert_eq!(got.len(), 54 + 1000);
+        data.extend_from_slice(&got[54..]);
+    }
+    assert_eq!(data, frame[54..]);
+}
+
+#[test]
+fn host_tso_sends_gso_frames_to_the_backend() {
+    let mut h = Harness::new();
+    h.start(TSO_FEATURES);
+    let frame = tcp_frame(3000);
+    h.mem
+        .write_slice(&gso_hdr(1000), GuestAddress(TX_BUF_BASE))
+        .unwrap();
+    h.mem
+        .write_slice(&frame, GuestAddress(TX_BUF_BASE + 0x100))
+        .unwrap();
+    h.txq.add_chain(
+        &h.mem,
+        &[
+            (TX_BUF_BASE, 12, 0),
+            (TX_BUF_BASE + 0x100, frame.len() as u32, 0),
+        ],
+    );
+    h.kick(1);
+    assert!(h.run_until(|h| h.txq.used_idx(&h.mem) == 1));
+    let m = h.metrics();
+    assert_eq!((m.tx_frames, m.tx_dropped), (1, 0));
+    // The host sees the whole GSO frame on the tap.
+    let got = h.peer.recv_matching(&frame[12..20]).unwrap();
+    assert_eq!(got.len(), frame.len());
+}
+
+#[test]
+fn device_is_send() {
+    fn is_send<T: Send>() {}
+    is_send::<VirtioMmioNet>();
+}
+
+// ----- macvtap backend -----
+
+#[test]
+fn macvtap_backend_carries_frames_both_ways() {
+    crate::net::testutil::in_new_netns("vmv", |ns| {
+        use crate::net::testutil::ip;
+        ip(&[
+            "-n", ns, "link", "add", "vh0", "type", "veth", "peer", "name", "vp0",
+        ]);
+        for l in ["vh0", "vp0"] {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{l}/disable_ipv6"), "1");
+            ip(&["-n", ns, "link", "set", l, "up"]);
+        }
+        let mac = MacAddr([0x02, 0, 0, 0x5e, 0, 0x77]);
+        let link = crate::net::MacvtapLink::create("mvt0", "vh0", Some(mac)).unwrap();
+        let cfg = NetConfig {
+            backend: NetBackend::Macvtap {
+                link: "mvt0".into(),
+            },
+            mac: Some(mac),
+        };
+        let mut h = Harness::with_config(&cfg, || {
+            link.set_up().unwrap();
+            netlink::link_index("vp0").unwrap()
+        });
+        h.start(TSO_FEATURES | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_RING_F_EVENT_IDX));
+
+        let mut f = test_frame(0x90, 300);
+        f[6..12].copy_from_slice(&mac.0);
+        h.tx(TX_BUF_BASE, &f);
+        assert_eq!(h.peer.recv_matching(&f[12..20]).unwrap(), f);
+
+        h.post_rx(16, 2048);
+        h.settle();
+        let mut f2 = test_frame(0x91, 1200);
+        f2[0..6].copy_from_slice(&mac.0);
+        h.peer.send(&f2).unwrap();
+        let mut from = 0;
+        let (_, got, _) = h.wait_rx(&f2[12..20], &mut from);
+        assert_eq!(got, f2);
+        drop(h);
+        drop(link);
+    });
 }
