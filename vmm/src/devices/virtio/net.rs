@@ -47,6 +47,8 @@ pub const MAX_TX_CHAIN_LEN: u64 = 65562;
 const RX_FRAME_BUF_LEN: usize = VNET_HDR_LEN + 65536 + 256;
 /// Minimum frame read from the backend: header plus an Ethernet header.
 const MIN_RX_FRAME_LEN: usize = VNET_HDR_LEN + 14;
+/// Consecutive read errors after which the backend is considered dead.
+const MAX_READ_ERRORS: u32 = 64;
 /// Frames handled per event before yielding to the event loop.
 const BUDGET: usize = 128;
 
@@ -96,6 +98,9 @@ pub struct VirtioMmioNet {
     registered: bool,
     backend_interest: EventSet,
     backend_dead: bool,
+    /// Consecutive backend read errors; past [`MAX_READ_ERRORS`] the backend is dropped
+    /// from the event loop so a permanently failing fd cannot spin it.
+    read_errors: u32,
     rx_blocked: bool,
     tx_blocked: bool,
     rx_frame: Vec<u8>,
@@ -182,6 +187,7 @@ impl VirtioMmioNet {
             registered: false,
             backend_interest: EventSet::empty(),
             backend_dead: false,
+            read_errors: 0,
             rx_blocked: false,
             tx_blocked: false,
             rx_frame: vec![0u8; RX_FRAME_BUF_LEN],
@@ -364,6 +370,7 @@ impl VirtioMmioNet {
             }
             self.backend_interest = EventSet::empty();
             self.backend_dead = false;
+            self.read_errors = 0;
             self.registered = true;
         } else if !self.active && self.registered {
             for (e, tag) in [
@@ -388,6 +395,10 @@ impl VirtioMmioNet {
         if !self.registered || self.backend_dead {
             return;
         }
+        if self.read_errors >= MAX_READ_ERRORS {
+            self.remove_backend(ops);
+            return;
+        }
         let mut want = EventSet::empty();
         if self.can_run() {
             if !self.rx_blocked {
@@ -405,6 +416,18 @@ impl VirtioMmioNet {
                 NetMetrics::add(&self.metrics.backend_errors, 1);
             }
             self.backend_interest = want;
+        }
+    }
+
+    /// Stop watching a failed backend until the next activation.
+    fn remove_backend(&mut self, ops: &mut EventOps) {
+        if !self.backend_dead {
+            let _ = ops.remove(Events::with_data(
+                &self.backend,
+                TAG_BACKEND,
+                self.backend_interest,
+            ));
+            self.backend_dead = true;
         }
     }
 
@@ -441,14 +464,19 @@ impl VirtioMmioNet {
             if self.rx_frame_len == 0 {
                 match self.backend.read(&mut self.rx_frame) {
                     Ok(n) if n < MIN_RX_FRAME_LEN => {
+                        self.read_errors = 0;
                         NetMetrics::add(&self.metrics.rx_dropped, 1);
                         continue;
                     }
-                    Ok(n) => self.rx_frame_len = n,
+                    Ok(n) => {
+                        self.read_errors = 0;
+                        self.rx_frame_len = n;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => {
                         NetMetrics::add(&self.metrics.backend_errors, 1);
+                        self.read_errors = self.read_errors.saturating_add(1);
                         break;
                     }
                 }
@@ -758,12 +786,7 @@ impl MutEventSubscriber for VirtioMmioNet {
                 if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
                     // A dead backend would report these forever: stop watching it.
                     NetMetrics::add(&self.metrics.backend_errors, 1);
-                    let _ = ops.remove(Events::with_data(
-                        &self.backend,
-                        TAG_BACKEND,
-                        self.backend_interest,
-                    ));
-                    self.backend_dead = true;
+                    self.remove_backend(ops);
                     return;
                 }
                 if set.contains(EventSet::OUT) {
