@@ -1071,3 +1071,102 @@ fn macvtap_backend_carries_frames_both_ways() {
         drop(link);
     });
 }
+
+// ----- volume and configuration -----
+
+#[test]
+fn full_tx_ring_is_drained_across_budgets() {
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES | bit(VIRTIO_RING_F_EVENT_IDX));
+    let f = test_frame(0xa0, 60);
+    for i in 0..256u64 {
+        let at = TX_BUF_BASE + i * 0x100;
+        h.mem.write_slice(&[0u8; 12], GuestAddress(at)).unwrap();
+        h.mem.write_slice(&f, GuestAddress(at + 12)).unwrap();
+        h.txq.add_chain(&h.mem, &[(at, 72, 0)]);
+    }
+    h.kick(1);
+    assert!(h.run_until(|h| h.txq.used_idx(&h.mem) == 256));
+    assert_eq!(h.metrics().tx_frames, 256);
+}
+
+#[test]
+fn rx_indices_wrap_around_the_ring() {
+    let mut h = Harness::new();
+    h.rxq = GuestQueue::new(RXQ_BASE, 16);
+    h.negotiate(BASE_FEATURES | bit(VIRTIO_RING_F_EVENT_IDX));
+    h.setup_queue(0, &h.rxq, 16);
+    h.setup_queue(1, &h.txq, 256);
+    h.driver_ok();
+    h.post_rx(16, 2048);
+    h.settle();
+    let mut from: u16 = 0;
+    // 5 rounds of 10 frames through a 16-entry ring, recycling buffers like a driver.
+    for round in 0..5u8 {
+        let frames: Vec<Vec<u8>> = (0..10).map(|_| test_frame(0xb0 + round, 100)).collect();
+        for f in &frames {
+            h.peer.send(f).unwrap();
+        }
+        for f in &frames {
+            let (_, got, _) = h.wait_rx(&f[12..20], &mut from);
+            assert_eq!(&got, f);
+        }
+        // Give back every buffer used so far (same addresses: one per descriptor).
+        let used = h.rxq.used_idx(&h.mem);
+        let mut recycled = h.rxq.avail_idx.wrapping_sub(16);
+        while recycled != used {
+            let (id, _) = h.rxq.used_elem(&h.mem, recycled);
+            h.rxq.push_avail(&h.mem, id as u16);
+            recycled = recycled.wrapping_add(1);
+        }
+        h.kick(0);
+    }
+    assert!(h.rxq.used_idx(&h.mem) >= 50);
+    assert_eq!(h.metrics().rx_dropped, 0);
+}
+
+#[test]
+fn no_mac_configured_means_no_mac_feature() {
+    let name = unique_ifname("vn");
+    let cfg = NetConfig {
+        backend: NetBackend::Tap { name: name.clone() },
+        mac: None,
+    };
+    let h = Harness::with_config(&cfg, || {
+        netlink::set_link_up(&name, true).unwrap();
+        netlink::link_index(&name).unwrap()
+    });
+    let f = h.dev.lock().unwrap().avail_features();
+    assert_eq!(f & bit(VIRTIO_NET_F_MAC), 0);
+    let mut mac = [0xffu8; 6];
+    h.dev.lock().unwrap().read(0x100, &mut mac);
+    assert_eq!(mac, [0; 6]);
+}
+
+#[test]
+fn missing_backend_is_a_clear_error() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let cfg = NetConfig {
+        backend: NetBackend::Macvtap {
+            link: unique_ifname("nx"),
+        },
+        mac: None,
+    };
+    let err = VirtioMmioNet::new(&cfg, mem.clone(), EventFd::new(EFD_NONBLOCK).unwrap())
+        .err()
+        .unwrap();
+    assert!(matches!(err, VirtioError::Macvtap(_)), "{err}");
+    let cfg = NetConfig {
+        backend: NetBackend::Tap {
+            name: "bad/name".into(),
+        },
+        mac: None,
+    };
+    let err = VirtioMmioNet::new(&cfg, mem, EventFd::new(EFD_NONBLOCK).unwrap())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, VirtioError::Tap(TapError::InvalidName(_))),
+        "{err}"
+    );
+}
