@@ -713,6 +713,20 @@ impl VirtioMmioNet {
     }
 }
 
+impl std::fmt::Debug for VirtioMmioNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioMmioNet")
+            .field("backend", &self.backend.name())
+            .field("mac", &self.mac)
+            .field("status", &self.transport.status())
+            .field("acked_features", &self.transport.acked_features())
+            .field("active", &self.active)
+            .field("needs_reset", &self.broken)
+            .field("metrics", &self.metrics.snapshot())
+            .finish()
+    }
+}
+
 impl BusDevice for VirtioMmioNet {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE_OFFSET {
