@@ -1170,3 +1170,140 @@ fn missing_backend_is_a_clear_error() {
         "{err}"
     );
 }
+
+// ----- randomized hostile rings -----
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+impl Harness {
+    /// Run the event loop until nothing is immediately pending (bounded).
+    fn pump(&mut self) {
+        for _ in 0..64 {
+            if self.em.run_with_timeout(0).unwrap() == 0 {
+                return;
+            }
+        }
+    }
+}
+
+fn random_desc(h: &Harness, q: &GuestQueue, rng: &mut Rng, i: u16) {
+    let addr = match rng.below(4) {
+        0 => rng.next(),
+        1 => MEM_SIZE as u64 - rng.below(0x2000),
+        _ => TX_BUF_BASE + rng.below(0x10000),
+    };
+    let len = match rng.below(4) {
+        0 => rng.next() as u32,
+        1 => 70000 + rng.below(10000) as u32,
+        _ => rng.below(2048) as u32,
+    };
+    let flags = rng.below(8) as u16;
+    let next = if rng.below(4) == 0 {
+        rng.next() as u16
+    } else {
+        rng.below(u64::from(q.size)) as u16
+    };
+    q.write_desc(&h.mem, i, addr, len, flags, next);
+}
+
+#[test]
+fn random_hostile_rings_never_panic_or_hang() {
+    let mut h = Harness::new();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut resets = 0;
+    for round in 0..150u32 {
+        // A fresh driver instance on small queues.
+        h.txq = GuestQueue::new(TXQ_BASE, 16);
+        h.rxq = GuestQueue::new(RXQ_BASE, 16);
+        let features = BASE_FEATURES
+            | if round % 2 == 0 {
+                bit(VIRTIO_NET_F_MRG_RXBUF)
+            } else {
+                0
+            }
+            | if round % 3 == 0 {
+                bit(VIRTIO_RING_F_EVENT_IDX)
+            } else {
+                0
+            };
+        h.negotiate(features);
+        h.setup_queue(0, &h.rxq, 16);
+        h.setup_queue(1, &h.txq, 16);
+        h.driver_ok();
+        for q in [&h.txq, &h.rxq] {
+            for i in 0..16 {
+                random_desc(&h, q, &mut rng, i);
+            }
+        }
+        for _ in 0..rng.below(24) {
+            let head = if rng.below(8) == 0 {
+                rng.next() as u16
+            } else {
+                rng.below(16) as u16
+            };
+            if rng.below(2) == 0 {
+                h.txq.push_avail(&h.mem, head);
+            } else {
+                h.rxq.push_avail(&h.mem, head);
+            }
+        }
+        if rng.below(10) == 0 {
+            // Wild available index.
+            h.mem
+                .write_obj(rng.next() as u16, GuestAddress(h.txq.avail + 2))
+                .unwrap();
+        }
+        h.peer
+            .send(&test_frame(0xc0, 60 + rng.below(1400) as usize))
+            .unwrap();
+        h.kick(1);
+        h.kick(0);
+        h.pump();
+        let status = h.status();
+        if status & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
+            resets += 1;
+        } else {
+            // Whatever was returned names a real descriptor and a sane length.
+            for q in [&h.txq, &h.rxq] {
+                let used = q.used_idx(&h.mem);
+                let avail: u16 = h.mem.read_obj(GuestAddress(q.avail + 2)).unwrap();
+                assert!(used <= avail, "used {used} > avail {avail}");
+                for k in 0..used.min(16) {
+                    let (id, len) = q.used_elem(&h.mem, k);
+                    assert!(id < 16, "used id {id}");
+                    assert!(len as usize <= RX_FRAME_BUF_LEN, "used len {len}");
+                }
+            }
+        }
+        // Clean the rings for the next round.
+        h.w32(VIRTIO_MMIO_STATUS, 0);
+        h.pump();
+        for base in [TXQ_BASE, RXQ_BASE] {
+            h.mem
+                .write_slice(&[0u8; 0x3000], GuestAddress(base))
+                .unwrap();
+        }
+    }
+    // The rounds above must have hit both outcomes.
+    let m = h.metrics();
+    println!("hostile rounds: {resets} needed reset; {m:?}");
+    assert!(resets > 0 && resets < 150, "resets {resets}");
+    assert!(m.invalid_descriptors > 0);
+    // And the device still works for a well-behaved driver.
+    h.txq = GuestQueue::new(TXQ_BASE, 256);
+    h.rxq = GuestQueue::new(RXQ_BASE, 256);
+    h.start(BASE_FEATURES);
+    assert_tx_works(&mut h, TX_BUF_BASE + 0x3_0000);
+}
