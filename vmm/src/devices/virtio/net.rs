@@ -71,6 +71,24 @@ pub enum VirtioError {
     EventFd(#[source] io::Error),
 }
 
+/// Feature dependencies of virtio-net (virtio 1.2, 5.1.3.1).
+const FEATURE_DEPENDENCIES: [(u32, u64); 8] = [
+    (VIRTIO_NET_F_GUEST_TSO4, 1 << VIRTIO_NET_F_GUEST_CSUM),
+    (VIRTIO_NET_F_GUEST_TSO6, 1 << VIRTIO_NET_F_GUEST_CSUM),
+    (VIRTIO_NET_F_GUEST_UFO, 1 << VIRTIO_NET_F_GUEST_CSUM),
+    (
+        VIRTIO_NET_F_GUEST_ECN,
+        (1 << VIRTIO_NET_F_GUEST_TSO4) | (1 << VIRTIO_NET_F_GUEST_TSO6),
+    ),
+    (VIRTIO_NET_F_HOST_TSO4, 1 << VIRTIO_NET_F_CSUM),
+    (VIRTIO_NET_F_HOST_TSO6, 1 << VIRTIO_NET_F_CSUM),
+    (VIRTIO_NET_F_HOST_UFO, 1 << VIRTIO_NET_F_CSUM),
+    (
+        VIRTIO_NET_F_HOST_ECN,
+        (1 << VIRTIO_NET_F_HOST_TSO4) | (1 << VIRTIO_NET_F_HOST_TSO6),
+    ),
+];
+
 /// Outcome of trying to hand the pending backend frame to the guest.
 enum Rx {
     Delivered,
@@ -173,7 +191,8 @@ impl VirtioMmioNet {
                 VIRTIO_ID_NET,
                 features,
                 &[QUEUE_MAX_SIZE, QUEUE_MAX_SIZE],
-            ),
+            )
+            .with_dependencies(&FEATURE_DEPENDENCIES),
             mem,
             irq,
             backend,

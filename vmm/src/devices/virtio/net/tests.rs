@@ -875,6 +875,27 @@ fn rx_avail_head_index_out_of_range() {
 }
 
 #[test]
+fn inconsistent_offloads_are_refused() {
+    let h = Harness::new();
+    h.w32(VIRTIO_MMIO_STATUS, 0);
+    let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
+    h.w32(VIRTIO_MMIO_STATUS, s);
+    h.w32(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    h.w32(VIRTIO_MMIO_DRIVER_FEATURES, 1);
+    h.w32(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+    // GUEST_TSO4 without GUEST_CSUM.
+    h.w32(VIRTIO_MMIO_DRIVER_FEATURES, 1 << VIRTIO_NET_F_GUEST_TSO4);
+    h.w32(VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_FEATURES_OK);
+    assert_eq!(h.status() & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+    h.w32(
+        VIRTIO_MMIO_DRIVER_FEATURES,
+        (1 << VIRTIO_NET_F_GUEST_TSO4) | (1 << VIRTIO_NET_F_GUEST_CSUM),
+    );
+    h.w32(VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_FEATURES_OK);
+    assert_ne!(h.status() & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+}
+
+#[test]
 fn features_not_offered_are_refused() {
     let h = Harness::new();
     h.w32(VIRTIO_MMIO_STATUS, 0);
