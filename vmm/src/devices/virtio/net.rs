@@ -19,7 +19,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_bindings::virtio_net::*;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -462,6 +462,19 @@ impl VirtioMmioNet {
         let Some(q) = self.queues.get_mut(queue) else {
             return;
         };
+        if !q.event_idx_enabled() {
+            // virtio-queue ignores VRING_AVAIL_F_NO_INTERRUPT; honour it (the Linux driver
+            // sets it while it polls) to spare needless interrupts.
+            let flags: Result<u16, _> = self.mem.read_obj(GuestAddress(q.avail_ring()));
+            match flags {
+                Ok(f) if u16::from_le(f) & VRING_AVAIL_F_NO_INTERRUPT as u16 != 0 => return,
+                Ok(_) => {}
+                Err(_) => {
+                    self.enter_needs_reset();
+                    return;
+                }
+            }
+        }
         match q.needs_notification(&self.mem) {
             Ok(true) => self.signal(VIRTIO_MMIO_INT_VRING),
             Ok(false) => {}

@@ -533,6 +533,29 @@ fn event_idx_suppresses_interrupts_until_used_event() {
 }
 
 #[test]
+fn no_interrupt_flag_is_honoured_without_event_idx() {
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES);
+    h.irq_count();
+    h.mem
+        .write_obj(1u16.to_le(), GuestAddress(h.txq.avail))
+        .unwrap();
+    let f = test_frame(0x62, 80);
+    h.tx(TX_BUF_BASE, &f);
+    assert_eq!(
+        h.irq_count(),
+        0,
+        "interrupt despite VRING_AVAIL_F_NO_INTERRUPT"
+    );
+    h.mem
+        .write_obj(0u16.to_le(), GuestAddress(h.txq.avail))
+        .unwrap();
+    let f = test_frame(0x63, 80);
+    h.tx(TX_BUF_BASE + 0x1000, &f);
+    assert_eq!(h.irq_count(), 1);
+}
+
+#[test]
 fn reset_returns_to_initial_state_and_device_restarts() {
     let mut h = Harness::new();
     h.start(BASE_FEATURES | bit(VIRTIO_NET_F_MRG_RXBUF));
