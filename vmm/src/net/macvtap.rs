@@ -238,6 +238,9 @@ mod tests {
 
     #[test]
     fn in_the_host_namespace_dev_tap_n_is_used() {
+        if crate::net::testutil::skip_without_macvtap("in_the_host_namespace_dev_tap_n_is_used") {
+            return;
+        }
         let lower = crate::net::testutil::unique_ifname("vl");
         let peer = crate::net::testutil::unique_ifname("vp");
         ip(&["link", "add", &lower, "type", "veth", "peer", "name", &peer]);
@@ -267,6 +270,11 @@ mod tests {
 
     #[test]
     fn macvtap_on_veth_passes_frames_both_ways_and_is_deleted_on_drop() {
+        if crate::net::testutil::skip_without_macvtap(
+            "macvtap_on_veth_passes_frames_both_ways_and_is_deleted_on_drop",
+        ) {
+            return;
+        }
         in_new_netns("mvt", |ns| {
             ip(&[
                 "-n", ns, "link", "add", "vh0", "type", "veth", "peer", "name", "vp0",

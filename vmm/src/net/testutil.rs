@@ -265,3 +265,67 @@ pub fn in_new_netns<F: FnOnce(&str) + Send + 'static>(prefix: &str, f: F) {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Record that `test` was skipped because of `reason`: printed as `SKIPPED`, and appended to
+/// `$VESSEL_SKIP_LOG` (set by `.ci/test`) so the run's summary counts it.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(path) = std::env::var_os("VESSEL_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {reason}");
+        }
+    }
+}
+
+/// Why tap devices cannot be used on this host, if they cannot.
+fn tap_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root to create taps".into());
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+    {
+        return Some(format!("/dev/net/tun unusable: {e}"));
+    }
+    None
+}
+
+/// Why macvtap links in a fresh network namespace cannot be used here, if they cannot.
+fn macvtap_unavailable() -> Option<String> {
+    if let Some(r) = tap_unavailable() {
+        return Some(r);
+    }
+    let has_macvtap = || {
+        std::fs::read_to_string("/proc/devices")
+            .map(|d| d.lines().any(|l| l.ends_with(" macvtap")))
+            .unwrap_or(false)
+    };
+    if !has_macvtap() {
+        let _ = Command::new("modprobe").arg("macvtap").status();
+        if !has_macvtap() {
+            return Some("no macvtap driver in this kernel".into());
+        }
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("iproute2 (ip) is not installed".into());
+    }
+    None
+}
+
+/// Skip (and return true) unless taps work here.
+pub fn skip_without_tap(test: &str) -> bool {
+    tap_unavailable().map(|r| skip(test, &r)).is_some()
+}
+
+/// Skip (and return true) unless macvtap links, veth pairs and netns work here.
+pub fn skip_without_macvtap(test: &str) -> bool {
+    macvtap_unavailable().map(|r| skip(test, &r)).is_some()
+}

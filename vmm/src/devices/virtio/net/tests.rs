@@ -335,6 +335,9 @@ impl Harness {
 
 #[test]
 fn config_space_and_features() {
+    if crate::net::testutil::skip_without_tap("config_space_and_features") {
+        return;
+    }
     let h = Harness::new();
     let mut mac = [0u8; 6];
     h.dev.lock().unwrap().read(0x100, &mut mac);
@@ -368,6 +371,9 @@ fn config_space_and_features() {
 
 #[test]
 fn tx_frame_reaches_the_tap_and_interrupts() {
+    if crate::net::testutil::skip_without_tap("tx_frame_reaches_the_tap_and_interrupts") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     let frame = test_frame(0x41, 600);
@@ -391,6 +397,9 @@ fn tx_frame_reaches_the_tap_and_interrupts() {
 
 #[test]
 fn notify_events_are_the_queue_eventfds() {
+    if crate::net::testutil::skip_without_tap("notify_events_are_the_queue_eventfds") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     let evts = h.dev.lock().unwrap().notify_events();
@@ -413,6 +422,9 @@ fn notify_events_are_the_queue_eventfds() {
 
 #[test]
 fn rx_frame_lands_in_guest_buffers_with_header() {
+    if crate::net::testutil::skip_without_tap("rx_frame_lands_in_guest_buffers_with_header") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.post_rx(8, 2048);
@@ -438,6 +450,9 @@ fn rx_frame_lands_in_guest_buffers_with_header() {
 
 #[test]
 fn rx_waits_for_buffers_then_delivers() {
+    if crate::net::testutil::skip_without_tap("rx_waits_for_buffers_then_delivers") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     let frame = test_frame(0x52, 300);
@@ -453,6 +468,9 @@ fn rx_waits_for_buffers_then_delivers() {
 
 #[test]
 fn mrg_rxbuf_splits_a_frame_over_several_chains() {
+    if crate::net::testutil::skip_without_tap("mrg_rxbuf_splits_a_frame_over_several_chains") {
+        return;
+    }
     let mut h = Harness::new();
     let acked = h.start(BASE_FEATURES | bit(VIRTIO_NET_F_MRG_RXBUF));
     assert_ne!(acked & bit(VIRTIO_NET_F_MRG_RXBUF), 0);
@@ -472,6 +490,9 @@ fn mrg_rxbuf_splits_a_frame_over_several_chains() {
 
 #[test]
 fn mrg_rxbuf_waits_for_enough_buffers() {
+    if crate::net::testutil::skip_without_tap("mrg_rxbuf_waits_for_enough_buffers") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_RING_F_EVENT_IDX));
     h.post_rx(2, 256);
@@ -492,6 +513,11 @@ fn mrg_rxbuf_waits_for_enough_buffers() {
 
 #[test]
 fn rx_frame_too_big_for_the_buffer_is_dropped_and_counted() {
+    if crate::net::testutil::skip_without_tap(
+        "rx_frame_too_big_for_the_buffer_is_dropped_and_counted",
+    ) {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.post_rx(1, 200);
@@ -510,6 +536,9 @@ fn rx_frame_too_big_for_the_buffer_is_dropped_and_counted() {
 
 #[test]
 fn event_idx_suppresses_interrupts_until_used_event() {
+    if crate::net::testutil::skip_without_tap("event_idx_suppresses_interrupts_until_used_event") {
+        return;
+    }
     let mut h = Harness::new();
     let acked = h.start(BASE_FEATURES | bit(VIRTIO_RING_F_EVENT_IDX));
     assert_ne!(acked & bit(VIRTIO_RING_F_EVENT_IDX), 0);
@@ -534,6 +563,9 @@ fn event_idx_suppresses_interrupts_until_used_event() {
 
 #[test]
 fn no_interrupt_flag_is_honoured_without_event_idx() {
+    if crate::net::testutil::skip_without_tap("no_interrupt_flag_is_honoured_without_event_idx") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.irq_count();
@@ -557,6 +589,10 @@ fn no_interrupt_flag_is_honoured_without_event_idx() {
 
 #[test]
 fn reset_returns_to_initial_state_and_device_restarts() {
+    if crate::net::testutil::skip_without_tap("reset_returns_to_initial_state_and_device_restarts")
+    {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES | bit(VIRTIO_NET_F_MRG_RXBUF));
     let f = test_frame(0x70, 64);
@@ -585,6 +621,9 @@ fn reset_returns_to_initial_state_and_device_restarts() {
 
 #[test]
 fn mmio_fuzz_never_panics() {
+    if crate::net::testutil::skip_without_tap("mmio_fuzz_never_panics") {
+        return;
+    }
     let h = Harness::new();
     let mut x: u64 = 0x1234_5678_9abc_def0;
     for _ in 0..20000 {
@@ -625,6 +664,9 @@ fn assert_invalid_tx_dropped(h: &mut Harness, expect_used: u16) {
 
 #[test]
 fn tx_buffer_outside_guest_memory() {
+    if crate::net::testutil::skip_without_tap("tx_buffer_outside_guest_memory") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq.add_chain(&h.mem, &[(MEM_SIZE as u64 - 8, 64, 0)]);
@@ -639,6 +681,9 @@ fn tx_buffer_outside_guest_memory() {
 
 #[test]
 fn tx_descriptor_loop() {
+    if crate::net::testutil::skip_without_tap("tx_descriptor_loop") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     let next = VRING_DESC_F_NEXT as u16;
@@ -653,6 +698,9 @@ fn tx_descriptor_loop() {
 
 #[test]
 fn tx_chain_longer_than_queue() {
+    if crate::net::testutil::skip_without_tap("tx_chain_longer_than_queue") {
+        return;
+    }
     let mut h = Harness::new();
     h.txq = GuestQueue::new(TXQ_BASE, 8);
     h.negotiate(BASE_FEATURES);
@@ -678,6 +726,9 @@ fn tx_chain_longer_than_queue() {
 
 #[test]
 fn tx_chain_too_large() {
+    if crate::net::testutil::skip_without_tap("tx_chain_too_large") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq
@@ -689,6 +740,9 @@ fn tx_chain_too_large() {
 
 #[test]
 fn tx_lengths_that_overflow() {
+    if crate::net::testutil::skip_without_tap("tx_lengths_that_overflow") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq.add_chain(
@@ -702,6 +756,9 @@ fn tx_lengths_that_overflow() {
 
 #[test]
 fn tx_write_only_descriptor() {
+    if crate::net::testutil::skip_without_tap("tx_write_only_descriptor") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq.add_chain(
@@ -718,6 +775,9 @@ fn tx_write_only_descriptor() {
 
 #[test]
 fn tx_indirect_descriptor_not_negotiated() {
+    if crate::net::testutil::skip_without_tap("tx_indirect_descriptor_not_negotiated") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq
@@ -729,6 +789,9 @@ fn tx_indirect_descriptor_not_negotiated() {
 
 #[test]
 fn tx_chain_shorter_than_header() {
+    if crate::net::testutil::skip_without_tap("tx_chain_shorter_than_header") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq.add_chain(&h.mem, &[(TX_BUF_BASE, 4, 0)]);
@@ -739,6 +802,9 @@ fn tx_chain_shorter_than_header() {
 
 #[test]
 fn rx_read_only_descriptor_is_returned_unused() {
+    if crate::net::testutil::skip_without_tap("rx_read_only_descriptor_is_returned_unused") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     // First chain read-only (invalid for RX), then a good one.
@@ -796,6 +862,9 @@ fn start_with_tx_layout(h: &mut Harness, size: u32, desc: u64, avail: u64, used:
 
 #[test]
 fn queue_size_not_power_of_two() {
+    if crate::net::testutil::skip_without_tap("queue_size_not_power_of_two") {
+        return;
+    }
     let mut h = Harness::new();
     start_with_tx_layout(&mut h, 100, TXQ_BASE, TXQ_BASE + 0x1000, TXQ_BASE + 0x2000);
     assert_needs_reset(&mut h);
@@ -804,6 +873,9 @@ fn queue_size_not_power_of_two() {
 
 #[test]
 fn queue_size_larger_than_max() {
+    if crate::net::testutil::skip_without_tap("queue_size_larger_than_max") {
+        return;
+    }
     let mut h = Harness::new();
     start_with_tx_layout(&mut h, 512, TXQ_BASE, TXQ_BASE + 0x1000, TXQ_BASE + 0x2000);
     assert_needs_reset(&mut h);
@@ -812,6 +884,9 @@ fn queue_size_larger_than_max() {
 
 #[test]
 fn queue_size_zero() {
+    if crate::net::testutil::skip_without_tap("queue_size_zero") {
+        return;
+    }
     let mut h = Harness::new();
     start_with_tx_layout(&mut h, 0, TXQ_BASE, TXQ_BASE + 0x1000, TXQ_BASE + 0x2000);
     assert_needs_reset(&mut h);
@@ -820,6 +895,9 @@ fn queue_size_zero() {
 
 #[test]
 fn ring_outside_guest_memory() {
+    if crate::net::testutil::skip_without_tap("ring_outside_guest_memory") {
+        return;
+    }
     let mut h = Harness::new();
     let end = MEM_SIZE as u64;
     start_with_tx_layout(&mut h, 256, TXQ_BASE, TXQ_BASE + 0x1000, end - 0x100);
@@ -829,6 +907,9 @@ fn ring_outside_guest_memory() {
 
 #[test]
 fn ring_address_overflows() {
+    if crate::net::testutil::skip_without_tap("ring_address_overflows") {
+        return;
+    }
     let mut h = Harness::new();
     start_with_tx_layout(&mut h, 256, !0xfu64, TXQ_BASE + 0x1000, TXQ_BASE + 0x2000);
     assert_needs_reset(&mut h);
@@ -837,6 +918,9 @@ fn ring_address_overflows() {
 
 #[test]
 fn ring_misaligned() {
+    if crate::net::testutil::skip_without_tap("ring_misaligned") {
+        return;
+    }
     let mut h = Harness::new();
     start_with_tx_layout(
         &mut h,
@@ -851,6 +935,9 @@ fn ring_misaligned() {
 
 #[test]
 fn queue_not_ready_at_driver_ok() {
+    if crate::net::testutil::skip_without_tap("queue_not_ready_at_driver_ok") {
+        return;
+    }
     let mut h = Harness::new();
     h.negotiate(BASE_FEATURES);
     h.setup_queue(0, &h.rxq, 256);
@@ -861,6 +948,9 @@ fn queue_not_ready_at_driver_ok() {
 
 #[test]
 fn avail_index_jumps_past_queue_size() {
+    if crate::net::testutil::skip_without_tap("avail_index_jumps_past_queue_size") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.mem
@@ -875,6 +965,9 @@ fn avail_index_jumps_past_queue_size() {
 
 #[test]
 fn avail_head_index_out_of_range() {
+    if crate::net::testutil::skip_without_tap("avail_head_index_out_of_range") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq.push_avail(&h.mem, 4000);
@@ -886,6 +979,9 @@ fn avail_head_index_out_of_range() {
 
 #[test]
 fn rx_avail_head_index_out_of_range() {
+    if crate::net::testutil::skip_without_tap("rx_avail_head_index_out_of_range") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.rxq.push_avail(&h.mem, 999);
@@ -899,6 +995,9 @@ fn rx_avail_head_index_out_of_range() {
 
 #[test]
 fn inconsistent_offloads_are_refused() {
+    if crate::net::testutil::skip_without_tap("inconsistent_offloads_are_refused") {
+        return;
+    }
     let h = Harness::new();
     h.w32(VIRTIO_MMIO_STATUS, 0);
     let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
@@ -920,6 +1019,9 @@ fn inconsistent_offloads_are_refused() {
 
 #[test]
 fn features_not_offered_are_refused() {
+    if crate::net::testutil::skip_without_tap("features_not_offered_are_refused") {
+        return;
+    }
     let h = Harness::new();
     h.w32(VIRTIO_MMIO_STATUS, 0);
     h.w32(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
@@ -995,6 +1097,9 @@ const TSO_FEATURES: u64 = BASE_FEATURES
 
 #[test]
 fn guest_tso_receives_unsegmented_gso_frames() {
+    if crate::net::testutil::skip_without_tap("guest_tso_receives_unsegmented_gso_frames") {
+        return;
+    }
     let mut h = Harness::new();
     let acked = h.start(TSO_FEATURES);
     assert_eq!(acked, TSO_FEATURES);
@@ -1017,6 +1122,9 @@ fn guest_tso_receives_unsegmented_gso_frames() {
 
 #[test]
 fn without_guest_tso_the_backend_segments() {
+    if crate::net::testutil::skip_without_tap("without_guest_tso_the_backend_segments") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.post_rx(16, 2048);
@@ -1040,6 +1148,9 @@ fn without_guest_tso_the_backend_segments() {
 
 #[test]
 fn host_tso_sends_gso_frames_to_the_backend() {
+    if crate::net::testutil::skip_without_tap("host_tso_sends_gso_frames_to_the_backend") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(TSO_FEATURES);
     let frame = tcp_frame(3000);
@@ -1075,6 +1186,9 @@ fn device_is_send() {
 
 #[test]
 fn macvtap_backend_carries_frames_both_ways() {
+    if crate::net::testutil::skip_without_macvtap("macvtap_backend_carries_frames_both_ways") {
+        return;
+    }
     crate::net::testutil::in_new_netns("vmv", |ns| {
         use crate::net::testutil::ip;
         ip(&[
@@ -1120,6 +1234,9 @@ fn macvtap_backend_carries_frames_both_ways() {
 
 #[test]
 fn full_tx_ring_is_drained_across_budgets() {
+    if crate::net::testutil::skip_without_tap("full_tx_ring_is_drained_across_budgets") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES | bit(VIRTIO_RING_F_EVENT_IDX));
     let f = test_frame(0xa0, 60);
@@ -1136,6 +1253,9 @@ fn full_tx_ring_is_drained_across_budgets() {
 
 #[test]
 fn rx_indices_wrap_around_the_ring() {
+    if crate::net::testutil::skip_without_tap("rx_indices_wrap_around_the_ring") {
+        return;
+    }
     let mut h = Harness::new();
     h.rxq = GuestQueue::new(RXQ_BASE, 16);
     h.negotiate(BASE_FEATURES | bit(VIRTIO_RING_F_EVENT_IDX));
@@ -1171,6 +1291,9 @@ fn rx_indices_wrap_around_the_ring() {
 
 #[test]
 fn no_mac_configured_means_no_mac_feature() {
+    if crate::net::testutil::skip_without_tap("no_mac_configured_means_no_mac_feature") {
+        return;
+    }
     let name = unique_ifname("vn");
     let cfg = NetConfig {
         backend: NetBackend::Tap { name: name.clone() },
@@ -1189,6 +1312,9 @@ fn no_mac_configured_means_no_mac_feature() {
 
 #[test]
 fn missing_backend_is_a_clear_error() {
+    if crate::net::testutil::skip_without_tap("missing_backend_is_a_clear_error") {
+        return;
+    }
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     let cfg = NetConfig {
         backend: NetBackend::Macvtap {
@@ -1264,6 +1390,9 @@ fn random_desc(h: &Harness, q: &GuestQueue, rng: &mut Rng, i: u16) {
 
 #[test]
 fn random_hostile_rings_never_panic_or_hang() {
+    if crate::net::testutil::skip_without_tap("random_hostile_rings_never_panic_or_hang") {
+        return;
+    }
     let mut h = Harness::new();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut resets = 0;
