@@ -1480,3 +1480,50 @@ fn random_hostile_rings_never_panic_or_hang() {
     h.start(BASE_FEATURES);
     assert_tx_works(&mut h, TX_BUF_BASE + 0x3_0000);
 }
+
+#[test]
+fn failed_status_stops_the_device() {
+    if crate::net::testutil::skip_without_tap("failed_status_stops_the_device") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES);
+    let s = h.status();
+    h.w32(VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_FAILED);
+    assert_ne!(h.status() & VIRTIO_CONFIG_S_FAILED, 0);
+    h.settle();
+    h.txq.add_chain(&h.mem, &[(TX_BUF_BASE, 100, 0)]);
+    h.kick(1);
+    h.settle();
+    assert_eq!(
+        h.txq.used_idx(&h.mem),
+        0,
+        "a failed device must not touch the rings"
+    );
+    assert_eq!(h.metrics().tx_frames, 0);
+    // Reset brings it back.
+    assert_recovers(&mut h);
+}
+
+#[test]
+fn rx_interrupts_follow_used_event() {
+    if crate::net::testutil::skip_without_tap("rx_interrupts_follow_used_event") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES | bit(VIRTIO_RING_F_EVENT_IDX));
+    h.post_rx(8, 2048);
+    h.settle();
+    h.irq_count();
+    // No interrupt wanted before the second used entry.
+    h.rxq.set_used_event(&h.mem, 1);
+    let f1 = test_frame(0xd0, 100);
+    h.peer.send(&f1).unwrap();
+    let mut from = 0;
+    h.wait_rx(&f1[12..20], &mut from);
+    assert_eq!(h.irq_count(), 0, "interrupt before used_event was passed");
+    let f2 = test_frame(0xd1, 100);
+    h.peer.send(&f2).unwrap();
+    h.wait_rx(&f2[12..20], &mut from);
+    assert_eq!(h.irq_count(), 1);
+}
