@@ -1,1 +1,3 @@
 //! Vessel container library.
+
+pub mod criu;

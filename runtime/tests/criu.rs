@@ -1,0 +1,677 @@
+//! CRIU client against the real CRIU (fixtures/criu.sh) and kernel.
+//!
+//! The process trees checkpointed here are forked from the test process (no exec): the
+//! child closes every inherited descriptor, starts its own session and from then on makes
+//! raw system calls only (it must not allocate: other test threads may hold the
+//! allocator's locks at fork time). It counts in memory and writes the count into a
+//! file every 100 ms.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use vessel_runtime::criu::{Criu, CriuError, DumpOptions, RestoreOptions};
+
+/// Record a skipped test (same convention as tests/common of the facade crate).
+fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(path) = std::env::var_os("VESSEL_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {reason}");
+        }
+    }
+}
+
+/// The fixture's criu, building it once if needed; Err(reason) if it cannot be had.
+fn criu() -> Result<Criu, String> {
+    static CRIU: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    CRIU.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cache = std::env::var_os("VESSEL_FIXTURES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("fixtures/.cache"));
+        let wrapper = cache.join("criu/criu");
+        if wrapper.exists() && cache.join("criu/check-ok").exists() {
+            return Ok(wrapper);
+        }
+        let out = std::process::Command::new("bash")
+            .arg(root.join("fixtures/criu.sh"))
+            .output()
+            .map_err(|e| format!("cannot run fixtures/criu.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "fixtures/criu.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(PathBuf::from(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    })
+    .clone()
+    .map(Criu::new)
+}
+
+macro_rules! criu_or_skip {
+    ($name:expr) => {
+        match criu() {
+            Ok(c) => c,
+            Err(reason) => {
+                skip($name, &reason);
+                return;
+            }
+        }
+    };
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(tempfile::TempDir);
+
+impl TempDir {
+    fn new() -> Self {
+        TempDir(
+            tempfile::Builder::new()
+                .prefix(&format!("vessel-criu-test-{}-", std::process::id()))
+                .tempdir()
+                .unwrap(),
+        )
+    }
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+    fn sub(&self, name: &str) -> PathBuf {
+        let p = self.0.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+}
+
+/// What the forked counter does besides counting.
+#[derive(Clone, Copy, Default)]
+struct Shape {
+    /// MiB of anonymous memory it touches once at start.
+    mem_mib: usize,
+    /// Fork a child that gets each count over a unix socket pair and writes it to `echo`.
+    with_child: bool,
+}
+
+/// A forked process tree (root = session leader); killed and reaped on drop.
+struct Tree {
+    root: i32,
+    /// Whether `root` is (still) our child to reap.
+    ours: bool,
+    count: PathBuf,
+    echo: PathBuf,
+}
+
+fn cstring(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// Fork the counter. Every allocation happens before fork().
+fn spawn_tree(dir: &Path, shape: Shape) -> Tree {
+    let count = dir.join("count");
+    let echo = dir.join("echo");
+    let count_c = cstring(&count);
+    let echo_c = cstring(&echo);
+    let devnull = c"/dev/null";
+    // SAFETY: fork() in a multi-threaded process; the child only makes raw system calls
+    // (no allocation, no locks) and never returns (it ends in _exit or is killed).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: child side; raw syscalls on memory prepared before fork.
+        unsafe { counter_child(&count_c, &echo_c, devnull, shape) }
+    }
+    let tree = Tree {
+        root: pid,
+        ours: true,
+        count,
+        echo,
+    };
+    // Running once the first count is written (and echoed, with a child).
+    tree.wait_count(|c| c >= 1, "first count");
+    if shape.with_child {
+        wait_for("first echo", || read_u64(&tree.echo).filter(|&c| c >= 1));
+    }
+    tree
+}
+
+/// The counter's body. Async-signal-safe calls only.
+unsafe fn counter_child(
+    count: &std::ffi::CStr,
+    echo: &std::ffi::CStr,
+    devnull: &std::ffi::CStr,
+    shape: Shape,
+) -> ! {
+    // SAFETY: raw system calls (the whole body) on valid pointers prepared before fork;
+    // the memory written through `p`/`mem` is the mapping made just above.
+    unsafe {
+        libc::close_range(3, u32::MAX, 0);
+        libc::setsid();
+        let null = libc::open(devnull.as_ptr(), libc::O_RDWR);
+        for fd in 0..3 {
+            libc::dup2(null, fd);
+        }
+        if null > 2 {
+            libc::close(null);
+        }
+        let out = libc::open(
+            count.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            0o644,
+        );
+        if out < 0 {
+            libc::_exit(2);
+        }
+        let len = shape.mem_mib << 20;
+        let mem = if len > 0 {
+            let m = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if m == libc::MAP_FAILED {
+                libc::_exit(3);
+            }
+            let p = m as *mut u8;
+            let mut off = 0;
+            while off < len {
+                *p.add(off) = (off >> 12) as u8 | 1;
+                off += 4096;
+            }
+            p
+        } else {
+            std::ptr::null_mut()
+        };
+        let mut sock = -1;
+        if shape.with_child {
+            let mut sv = [0i32; 2];
+            if libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr()) < 0 {
+                libc::_exit(4);
+            }
+            let child = libc::fork();
+            if child == 0 {
+                libc::close(sv[0]);
+                let e = libc::open(
+                    echo.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                    0o644,
+                );
+                let mut buf = [0u8; 8];
+                loop {
+                    let n = libc::read(sv[1], buf.as_mut_ptr().cast(), 8);
+                    if n != 8 {
+                        libc::_exit(0);
+                    }
+                    libc::pwrite(e, buf.as_ptr().cast(), 8, 0);
+                }
+            }
+            libc::close(sv[1]);
+            sock = sv[0];
+        }
+        let mut counter: u64 = 0;
+        let tick = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        loop {
+            counter += 1;
+            let bytes = counter.to_le_bytes();
+            libc::pwrite(out, bytes.as_ptr().cast(), 8, 0);
+            if sock >= 0 {
+                libc::write(sock, bytes.as_ptr().cast(), 8);
+            }
+            if !mem.is_null() {
+                // Dirty one page per tick: what an incremental dump must write again.
+                *mem.add(((counter as usize) << 12) % len) = counter as u8;
+            }
+            libc::nanosleep(&tick, std::ptr::null_mut());
+        }
+    }
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    let b = std::fs::read(path).ok()?;
+    Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+/// Poll `f` until it yields a value; panics after a minute (a hang, not a slow run).
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is not alive: it has state Z in /proc/PID/stat.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Session id of `pid`, if it exists.
+fn session_of(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = s.rsplit_once(')')?;
+    // state ppid pgrp session
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Every live process of session `sid`.
+fn session_members(sid: i32) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+            if session_of(pid) == Some(sid) && alive(pid) {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+impl Tree {
+    fn count(&self) -> u64 {
+        read_u64(&self.count).unwrap_or(0)
+    }
+
+    fn wait_count(&self, pred: impl Fn(u64) -> bool, what: &str) -> u64 {
+        wait_for(what, || read_u64(&self.count).filter(|c| pred(*c)))
+    }
+
+    /// After a dump killed the tree: reap the root and wait until every pid of the
+    /// session is free again (so the restore can reuse them).
+    fn reap_after_dump(&mut self, members: &[i32]) {
+        if self.ours {
+            let _ = waitpid(Pid::from_raw(self.root), None);
+            self.ours = false;
+        }
+        for &pid in members {
+            wait_for("dumped process to vanish", || {
+                (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+            });
+        }
+    }
+
+    /// The tree now lives on as a restored process.
+    fn restored(&mut self, pid: i32, is_child: bool) {
+        assert_eq!(pid, self.root, "CRIU restores the root under its old pid");
+        self.ours = is_child;
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        for pid in session_members(self.root) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if self.ours {
+            let _ = waitpid(Pid::from_raw(self.root), None);
+        }
+    }
+}
+
+#[test]
+fn criu_reports_version_and_check_passes() {
+    let criu = criu_or_skip!("criu_reports_version_and_check_passes");
+    let v = criu.version().unwrap();
+    assert!(v.number() >= 40100, "criu {v} is older than 4.1");
+    criu.check().unwrap();
+}
+
+#[test]
+fn dump_kills_tree_and_restore_continues_counting() {
+    let criu = criu_or_skip!("dump_kills_tree_and_restore_continues_counting");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let mut tree = spawn_tree(dir.path(), Shape::default());
+    tree.wait_count(|c| c >= 10, "count 10");
+    let members = session_members(tree.root);
+
+    let out = criu.dump(&DumpOptions::new(tree.root, &images)).unwrap();
+    let stats = out.stats.expect("criu writes stats-dump");
+    assert!(stats.pages_written > 0, "{stats:?}");
+    assert!(
+        !alive(tree.root),
+        "dump without leave_running kills the tree"
+    );
+    tree.reap_after_dump(&members);
+    let at_dump = tree.count();
+    assert!(at_dump >= 10);
+
+    let restored = criu.restore(RestoreOptions::new(&images)).unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    assert!(restored.is_child);
+    assert!(restored.stats.is_some_and(|s| s.pages_restored > 0));
+    // Continues from the count it had, not from 1.
+    let next = tree.wait_count(|c| c != at_dump, "count after restore");
+    assert!(next > at_dump, "restored tree wrote {next} after {at_dump}");
+    let later = tree.wait_count(|c| c > next, "count going on");
+    assert!(later > next);
+}
+
+#[test]
+fn leave_running_keeps_the_original_running() {
+    let criu = criu_or_skip!("leave_running_keeps_the_original_running");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let mut tree = spawn_tree(dir.path(), Shape::default());
+    let before = tree.wait_count(|c| c >= 5, "count 5");
+
+    let mut opts = DumpOptions::new(tree.root, &images);
+    opts.leave_running = true;
+    criu.dump(&opts).unwrap();
+    assert!(alive(tree.root));
+    let after = tree.count();
+    tree.wait_count(|c| c > after, "original counting on after dump");
+
+    // The images are complete: kill the original and bring the dump back.
+    let members = session_members(tree.root);
+    for &pid in &members {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    tree.reap_after_dump(&members);
+    let last = tree.count();
+    let restored = criu.restore(RestoreOptions::new(&images)).unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    let next = tree.wait_count(|c| c != last, "count after restore");
+    assert!(
+        next > before,
+        "restored tree wrote {next}, dumped at >= {before}"
+    );
+}
+
+#[test]
+fn open_files_socketpair_and_child_survive_restore() {
+    let criu = criu_or_skip!("open_files_socketpair_and_child_survive_restore");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let shape = Shape {
+        with_child: true,
+        ..Shape::default()
+    };
+    let mut tree = spawn_tree(dir.path(), shape);
+    tree.wait_count(|c| c >= 5, "count 5");
+    let members = session_members(tree.root);
+    assert_eq!(members.len(), 2, "root and its child: {members:?}");
+    let child = *members.iter().find(|&&p| p != tree.root).unwrap();
+
+    criu.dump(&DumpOptions::new(tree.root, &images)).unwrap();
+    tree.reap_after_dump(&members);
+    let at_dump = tree.count();
+    let echo_at_dump = read_u64(&tree.echo).unwrap();
+
+    let restored = criu.restore(RestoreOptions::new(&images)).unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    let mut now = session_members(tree.root);
+    now.sort();
+    let mut was = members.clone();
+    was.sort();
+    assert_eq!(
+        now, was,
+        "the same tree (root and child, same pids) is back"
+    );
+    assert!(alive(child));
+    // The counter file (kept open across the dump) keeps being written ...
+    let next = tree.wait_count(|c| c > at_dump, "count after restore");
+    // ... and the child keeps getting counts over the restored socket pair.
+    let echoed = wait_for("echo after restore", || {
+        read_u64(&tree.echo).filter(|&e| e > echo_at_dump.max(at_dump))
+    });
+    assert!(next > at_dump && echoed > at_dump);
+}
+
+#[test]
+fn pre_dump_then_dump_writes_fewer_pages() {
+    let criu = criu_or_skip!("pre_dump_then_dump_writes_fewer_pages");
+    if !criu.features().unwrap().mem_track {
+        // Without soft-dirty bits CRIU cannot tell which pages changed since a pre-dump.
+        skip(
+            "pre_dump_then_dump_writes_fewer_pages",
+            "kernel lacks dirty-page tracking (CONFIG_MEM_SOFT_DIRTY)",
+        );
+        return;
+    }
+    let dir = TempDir::new();
+    let (full, pre, last) = (dir.sub("full"), dir.sub("pre"), dir.sub("last"));
+    let mut tree = spawn_tree(
+        dir.path(),
+        Shape {
+            mem_mib: 16,
+            ..Shape::default()
+        },
+    );
+
+    // A full dump of the running tree, for comparison.
+    let mut opts = DumpOptions::new(tree.root, &full);
+    opts.leave_running = true;
+    let full_stats = criu.dump(&opts).unwrap().stats.unwrap();
+    assert!(full_stats.pages_written >= 4096, "{full_stats:?}");
+
+    let pre_stats = criu
+        .pre_dump(&DumpOptions::new(tree.root, &pre))
+        .unwrap()
+        .stats
+        .unwrap();
+    assert!(pre_stats.pages_written >= 4096, "{pre_stats:?}");
+    let c = tree.count();
+    tree.wait_count(|n| n > c, "count after pre-dump");
+
+    let members = session_members(tree.root);
+    let mut opts = DumpOptions::new(tree.root, &last);
+    opts.track_mem = true;
+    opts.parent_images = Some("../pre".into());
+    let last_stats = criu.dump(&opts).unwrap().stats.unwrap();
+    assert!(
+        last_stats.pages_written < full_stats.pages_written,
+        "incremental {last_stats:?} vs full {full_stats:?}"
+    );
+    assert!(last_stats.pages_skipped_parent > 0, "{last_stats:?}");
+    tree.reap_after_dump(&members);
+
+    // The chain restores.
+    let at_dump = tree.count();
+    let restored = criu.restore(RestoreOptions::new(&last)).unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    let next = tree.wait_count(|c| c != at_dump, "count after restore");
+    assert!(next > at_dump);
+}
+
+#[test]
+fn feature_check_answers() {
+    let criu = criu_or_skip!("feature_check_answers");
+    let f = criu.features().unwrap();
+    // What the kernel says: soft-dirty bits exist only with CONFIG_MEM_SOFT_DIRTY, in
+    // which case /proc/PID/pagemap entries carry bit 55 for freshly written pages.
+    let soft_dirty = soft_dirty_works();
+    assert_eq!(f.mem_track, soft_dirty, "{f:?}");
+}
+
+/// Whether a page this process just wrote shows the soft-dirty bit (55) in pagemap.
+fn soft_dirty_works() -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let page = vec![1u8; 8192];
+    let addr = page.as_ptr() as u64;
+    let mut f = std::fs::File::open("/proc/self/pagemap").unwrap();
+    f.seek(SeekFrom::Start((addr / 4096) * 8)).unwrap();
+    let mut e = [0u8; 8];
+    f.read_exact(&mut e).unwrap();
+    let entry = u64::from_le_bytes(e);
+    assert!(entry & (1 << 63) != 0, "page present");
+    entry & (1 << 55) != 0
+}
+
+/// A pre-dump where the kernel cannot track memory fails with CRIU's reason.
+#[test]
+fn pre_dump_without_mem_tracking_says_why() {
+    let criu = criu_or_skip!("pre_dump_without_mem_tracking_says_why");
+    if criu.features().unwrap().mem_track {
+        skip(
+            "pre_dump_without_mem_tracking_says_why",
+            "this kernel tracks memory (pre_dump_then_dump_writes_fewer_pages covers it)",
+        );
+        return;
+    }
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let tree = spawn_tree(dir.path(), Shape::default());
+    let err = criu
+        .pre_dump(&DumpOptions::new(tree.root, &images))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("Tracking memory is not available"),
+        "{err}"
+    );
+    assert!(
+        alive(tree.root),
+        "a failed pre-dump leaves the tree running"
+    );
+    let c = tree.count();
+    tree.wait_count(|n| n > c, "counting on after the failed pre-dump");
+}
+
+#[test]
+fn dump_of_missing_pid_is_a_clear_error() {
+    let criu = criu_or_skip!("dump_of_missing_pid_is_a_clear_error");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    // pid_max is at most 2^22: this pid cannot exist.
+    let pid = (1 << 22) + 17;
+    let err = criu.dump(&DumpOptions::new(pid, &images)).unwrap_err();
+    assert!(matches!(err, CriuError::NoSuchProcess { pid: p } if p == pid));
+    assert!(err.to_string().contains(&pid.to_string()), "{err}");
+    assert_eq!(std::fs::read_dir(&images).unwrap().count(), 0);
+}
+
+#[test]
+fn restore_from_missing_dir_is_a_clear_error() {
+    let criu = criu_or_skip!("restore_from_missing_dir_is_a_clear_error");
+    let dir = TempDir::new();
+    let missing = dir.path().join("no-such-images");
+    let err = criu.restore(RestoreOptions::new(&missing)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, CriuError::Dir { what: "images", .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("no-such-images"), "{msg}");
+    assert!(!missing.exists());
+}
+
+#[test]
+fn restore_from_corrupt_images_fails_and_leaves_nothing() {
+    let criu = criu_or_skip!("restore_from_corrupt_images_fails_and_leaves_nothing");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let mut tree = spawn_tree(dir.path(), Shape::default());
+    tree.wait_count(|c| c >= 3, "count 3");
+    let members = session_members(tree.root);
+    criu.dump(&DumpOptions::new(tree.root, &images)).unwrap();
+    tree.reap_after_dump(&members);
+
+    // Truncate the root's core image: CRIU forks the task, then cannot read its state.
+    let core = images.join(format!("core-{}.img", tree.root));
+    std::fs::write(&core, b"\x01\x02\x03").unwrap();
+    let err = criu.restore(RestoreOptions::new(&images)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, CriuError::Failed { op: "restore", .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("restore.log"), "{msg}");
+    assert!(
+        msg.contains("Error"),
+        "the log's error lines are quoted: {msg}"
+    );
+    // Nothing half-restored is left: reap a possible zombie child, then look.
+    let _ = waitpid(
+        Pid::from_raw(tree.root),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+    assert!(
+        session_members(tree.root).is_empty(),
+        "{:?}",
+        session_members(tree.root)
+    );
+
+    // Garbage instead of an image directory's inventory fails early, just as clearly.
+    std::fs::write(images.join("inventory.img"), b"garbage").unwrap();
+    let err = criu.restore(RestoreOptions::new(&images)).unwrap_err();
+    assert!(matches!(err, CriuError::Failed { .. }), "{err}");
+    assert!(session_members(tree.root).is_empty());
+}
+
+#[test]
+fn missing_criu_binary_is_a_clear_error() {
+    let dir = TempDir::new();
+    let criu = Criu::new(dir.path().join("no-criu"));
+    let err = criu.version().unwrap_err();
+    assert!(matches!(err, CriuError::Spawn { .. }), "{err}");
+    assert!(err.to_string().contains("no-criu"), "{err}");
+}
+
+/// Dump and restore times for 16 and 256 MiB of touched memory. Figures, not assertions:
+/// `cargo test -p vessel-runtime --test criu -- --ignored --nocapture criu_timings`.
+#[test]
+#[ignore]
+fn criu_timings() {
+    let criu = criu_or_skip!("criu_timings");
+    for mib in [16usize, 256] {
+        let dir = TempDir::new();
+        let images = dir.sub("images");
+        let mut tree = spawn_tree(
+            dir.path(),
+            Shape {
+                mem_mib: mib,
+                ..Shape::default()
+            },
+        );
+        let members = session_members(tree.root);
+        let t = Instant::now();
+        let stats = criu
+            .dump(&DumpOptions::new(tree.root, &images))
+            .unwrap()
+            .stats
+            .unwrap();
+        let dump = t.elapsed();
+        tree.reap_after_dump(&members);
+        let t = Instant::now();
+        let restored = criu.restore(RestoreOptions::new(&images)).unwrap();
+        let restore = t.elapsed();
+        tree.restored(restored.pid, restored.is_child);
+        let rs = restored.stats.unwrap();
+        println!(
+            "criu {mib:>3} MiB: dump {:>7.1} ms ({} pages written, frozen {:.1} ms), restore {:>7.1} ms ({} pages, criu restore_time {:.1} ms)",
+            dump.as_secs_f64() * 1e3,
+            stats.pages_written,
+            f64::from(stats.frozen_time_us) / 1e3,
+            restore.as_secs_f64() * 1e3,
+            rs.pages_restored,
+            f64::from(rs.restore_time_us) / 1e3,
+        );
+    }
+}
