@@ -6,6 +6,7 @@
 //! allocator's locks at fork time). It counts in memory and writes the count into a
 //! file every 100 ms.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
-use vessel_runtime::criu::{Criu, CriuError, DumpOptions, RestoreOptions};
+use vessel_runtime::criu::{Criu, CriuError, DumpOptions, InheritFd, RestoreOptions};
 
 /// Record a skipped test (same convention as tests/common of the facade crate).
 fn skip(test: &str, reason: &str) {
@@ -102,6 +103,10 @@ struct Shape {
     mem_mib: usize,
     /// Fork a child that gets each count over a unix socket pair and writes it to `echo`.
     with_child: bool,
+    /// Also write each count to stdout, which is this descriptor (a pipe's write end).
+    stdout: Option<RawFd>,
+    /// Run the counter as init of a new pid namespace (under a helper that waits for it).
+    pid_ns: bool,
 }
 
 /// A forked process tree (root = session leader); killed and reaped on drop.
@@ -109,6 +114,8 @@ struct Tree {
     root: i32,
     /// Whether `root` is (still) our child to reap.
     ours: bool,
+    /// With `pid_ns`: our child that forked `root` into its new pid namespace.
+    helper: Option<i32>,
     count: PathBuf,
     echo: PathBuf,
 }
@@ -123,6 +130,8 @@ fn spawn_tree(dir: &Path, shape: Shape) -> Tree {
     let echo = dir.join("echo");
     let count_c = cstring(&count);
     let echo_c = cstring(&echo);
+    let nsroot = dir.join("nsroot");
+    let nsroot_c = cstring(&nsroot);
     let devnull = c"/dev/null";
     // SAFETY: fork() in a multi-threaded process; the child only makes raw system calls
     // (no allocation, no locks) and never returns (it ends in _exit or is killed).
@@ -130,14 +139,23 @@ fn spawn_tree(dir: &Path, shape: Shape) -> Tree {
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
         // SAFETY: child side; raw syscalls on memory prepared before fork.
-        unsafe { counter_child(&count_c, &echo_c, devnull, shape) }
+        unsafe { counter_child(&count_c, &echo_c, &nsroot_c, devnull, shape) }
     }
-    let tree = Tree {
+    let mut tree = Tree {
         root: pid,
         ours: true,
+        helper: None,
         count,
         echo,
     };
+    if shape.pid_ns {
+        tree.helper = Some(pid);
+        tree.ours = false;
+        tree.root = wait_for("pid namespace init", || {
+            let b = std::fs::read(&nsroot).ok()?;
+            Some(i32::from_le_bytes(b.get(..4)?.try_into().ok()?))
+        });
+    }
     // Running once the first count is written (and echoed, with a child).
     tree.wait_count(|c| c >= 1, "first count");
     if shape.with_child {
@@ -150,17 +168,41 @@ fn spawn_tree(dir: &Path, shape: Shape) -> Tree {
 unsafe fn counter_child(
     count: &std::ffi::CStr,
     echo: &std::ffi::CStr,
+    nsroot: &std::ffi::CStr,
     devnull: &std::ffi::CStr,
     shape: Shape,
 ) -> ! {
     // SAFETY: raw system calls (the whole body) on valid pointers prepared before fork;
     // the memory written through `p`/`mem` is the mapping made just above.
     unsafe {
+        if let Some(w) = shape.stdout {
+            libc::dup2(w, 1);
+        }
         libc::close_range(3, u32::MAX, 0);
+        if shape.pid_ns {
+            if libc::unshare(libc::CLONE_NEWPID) < 0 {
+                libc::_exit(5);
+            }
+            let init = libc::fork();
+            if init > 0 {
+                let f = libc::open(
+                    nsroot.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                    0o644,
+                );
+                libc::write(f, init.to_le_bytes().as_ptr().cast(), 4);
+                libc::close(f);
+                let mut status = 0;
+                libc::waitpid(init, &mut status, 0);
+                libc::_exit(0);
+            }
+        }
         libc::setsid();
         let null = libc::open(devnull.as_ptr(), libc::O_RDWR);
         for fd in 0..3 {
-            libc::dup2(null, fd);
+            if fd != 1 || shape.stdout.is_none() {
+                libc::dup2(null, fd);
+            }
         }
         if null > 2 {
             libc::close(null);
@@ -233,6 +275,9 @@ unsafe fn counter_child(
             libc::pwrite(out, bytes.as_ptr().cast(), 8, 0);
             if sock >= 0 {
                 libc::write(sock, bytes.as_ptr().cast(), 8);
+            }
+            if shape.stdout.is_some() {
+                libc::write(1, bytes.as_ptr().cast(), 8);
             }
             if !mem.is_null() {
                 // Dirty one page per tick: what an incremental dump must write again.
@@ -319,7 +364,10 @@ impl Tree {
 
     /// The tree now lives on as a restored process.
     fn restored(&mut self, pid: i32, is_child: bool) {
-        assert_eq!(pid, self.root, "CRIU restores the root under its old pid");
+        if self.helper.is_none() {
+            assert_eq!(pid, self.root, "CRIU restores the root under its old pid");
+        }
+        self.root = pid;
         self.ours = is_child;
     }
 }
@@ -331,6 +379,10 @@ impl Drop for Tree {
         }
         if self.ours {
             let _ = waitpid(Pid::from_raw(self.root), None);
+        }
+        if let Some(helper) = self.helper {
+            let _ = kill(Pid::from_raw(helper), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(helper), None);
         }
     }
 }
@@ -499,6 +551,169 @@ fn pre_dump_then_dump_writes_fewer_pages() {
     tree.restored(restored.pid, restored.is_child);
     let next = tree.wait_count(|c| c != at_dump, "count after restore");
     assert!(next > at_dump);
+}
+
+/// The pid of `pid` in each pid namespace it is in, outermost first (NSpid).
+fn ns_pids(pid: i32) -> Vec<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    line.split_whitespace()
+        .skip(1)
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn restore_into_new_pid_namespace() {
+    let criu = criu_or_skip!("restore_into_new_pid_namespace");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let mut tree = spawn_tree(
+        dir.path(),
+        Shape {
+            pid_ns: true,
+            ..Shape::default()
+        },
+    );
+    let ours = ns_pids(std::process::id() as i32).len();
+    let nspids = ns_pids(tree.root);
+    assert_eq!(nspids.len(), ours + 1, "{nspids:?}");
+    assert_eq!(nspids.last(), Some(&1));
+    tree.wait_count(|c| c >= 5, "count 5");
+    let members = session_members(tree.root);
+
+    criu.dump(&DumpOptions::new(tree.root, &images)).unwrap();
+    tree.reap_after_dump(&members);
+    let at_dump = tree.count();
+
+    let restored = criu.restore(RestoreOptions::new(&images)).unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    let nspids = ns_pids(tree.root);
+    assert_eq!(
+        nspids.len(),
+        ours + 1,
+        "a new pid namespace again: {nspids:?}"
+    );
+    assert_eq!(nspids.last(), Some(&1), "init of it again");
+    let next = tree.wait_count(|c| c != at_dump, "count after restore");
+    assert!(next > at_dump, "restored tree wrote {next} after {at_dump}");
+}
+
+/// Block until `fd` has 8 bytes to read (a minute at most) and return them as a count.
+fn read_count_from(fd: &std::os::fd::OwnedFd) -> u64 {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(fd), PollFlags::POLLIN)];
+    let n = poll(&mut fds, PollTimeout::from(60_000u16)).unwrap();
+    assert_eq!(n, 1, "nothing to read within a minute");
+    let mut b = [0u8; 8];
+    let got = nix::unistd::read(fd, &mut b).unwrap();
+    assert_eq!(got, 8);
+    u64::from_le_bytes(b)
+}
+
+#[test]
+fn restored_tree_inherits_new_stdout() {
+    let criu = criu_or_skip!("restored_tree_inherits_new_stdout");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let (old_r, old_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let mut tree = spawn_tree(
+        dir.path(),
+        Shape {
+            stdout: Some(old_w.as_raw_fd()),
+            ..Shape::default()
+        },
+    );
+    drop(old_w);
+    assert!(read_count_from(&old_r) >= 1);
+    let key = std::fs::read_link(format!("/proc/{}/fd/1", tree.root))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(key.starts_with("pipe:["), "{key}");
+    tree.wait_count(|c| c >= 5, "count 5");
+    let members = session_members(tree.root);
+    criu.dump(&DumpOptions::new(tree.root, &images)).unwrap();
+    tree.reap_after_dump(&members);
+    let at_dump = tree.count();
+    drop(old_r);
+
+    // The restored tree writes into a new pipe, as a restored container's stdout would.
+    let (new_r, new_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let mut opts = RestoreOptions::new(&images);
+    opts.inherit_fds.push(InheritFd { key, fd: new_w });
+    let restored = criu.restore(opts).unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    let first = read_count_from(&new_r);
+    assert!(
+        first > at_dump,
+        "first count on the new stdout {first}, dumped at {at_dump}"
+    );
+}
+
+#[test]
+fn restore_notifications_reach_the_handler() {
+    let criu = criu_or_skip!("restore_notifications_reach_the_handler");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let mut tree = spawn_tree(dir.path(), Shape::default());
+    let members = session_members(tree.root);
+    let mut dumped = Vec::new();
+    criu.dump_with(&DumpOptions::new(tree.root, &images), &mut |n| {
+        dumped.push(n.script.clone());
+        Ok(())
+    })
+    .unwrap();
+    tree.reap_after_dump(&members);
+    assert!(dumped.iter().any(|s| s == "post-dump"), "{dumped:?}");
+
+    let mut seen = Vec::new();
+    let restored = criu
+        .restore_with(RestoreOptions::new(&images), &mut |n| {
+            seen.push((n.script.clone(), n.pid));
+            Ok(())
+        })
+        .unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    let post = seen.iter().find(|(s, _)| s == "post-restore");
+    assert!(post.is_some(), "{seen:?}");
+    let c = tree.count();
+    tree.wait_count(|n| n > c, "count after restore");
+}
+
+#[test]
+fn refused_notification_aborts_restore_and_leaves_nothing() {
+    let criu = criu_or_skip!("refused_notification_aborts_restore_and_leaves_nothing");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let mut tree = spawn_tree(dir.path(), Shape::default());
+    let members = session_members(tree.root);
+    criu.dump(&DumpOptions::new(tree.root, &images)).unwrap();
+    tree.reap_after_dump(&members);
+
+    let err = criu
+        .restore_with(RestoreOptions::new(&images), &mut |n| {
+            if n.script == "post-restore" {
+                Err("network not ready".into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, CriuError::Notify { .. }), "{msg}");
+    assert!(
+        msg.contains("post-restore") && msg.contains("network not ready"),
+        "{msg}"
+    );
+    let _ = waitpid(
+        Pid::from_raw(tree.root),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+    wait_for("aborted tree to be gone", || {
+        session_members(tree.root).is_empty().then_some(())
+    });
+    let _ = waitpid(Pid::from_raw(tree.root), None);
 }
 
 #[test]
