@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
-use vessel_runtime::criu::{Criu, CriuError, DumpOptions, InheritFd, RestoreOptions};
+use vessel_runtime::criu::{
+    CgroupMode, Criu, CriuError, DumpOptions, ExternalMount, InheritFd, NetworkLock, RestoreOptions,
+};
 
 /// Record a skipped test (same convention as tests/common of the facade crate).
 fn skip(test: &str, reason: &str) {
@@ -714,6 +716,282 @@ fn refused_notification_aborts_restore_and_leaves_nothing() {
         session_members(tree.root).is_empty().then_some(())
     });
     let _ = waitpid(Pid::from_raw(tree.root), None);
+}
+
+/// A container-like tree: busybox `sh` as init of new pid and mount namespaces, its
+/// root pivoted into a copy of the busybox rootfs, with `data/` of the test dir
+/// bind-mounted at `/data` (an external mount). Returns the tree and its rootfs.
+fn spawn_container(dir: &Path, busybox: &Path) -> (Tree, PathBuf) {
+    let rootfs = dir.join("rootfs");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(busybox)
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(rootfs.join("data")).unwrap();
+    let nsroot = dir.join("nsroot");
+    let c = |p: &Path| cstring(p);
+    let (rootfs_c, data_c, target_c, nsroot_c) =
+        (c(&rootfs), c(&data), c(&rootfs.join("data")), c(&nsroot));
+    let script = c"i=0; while :; do i=$((i+1)); echo $i > /data/count; sleep 0.1; done";
+    let argv = [
+        c"sh".as_ptr(),
+        c"-c".as_ptr(),
+        script.as_ptr(),
+        std::ptr::null(),
+    ];
+    let envp = [c"PATH=/bin:/sbin:/usr/bin".as_ptr(), std::ptr::null()];
+    // SAFETY: fork() in a multi-threaded process; the child only makes raw system calls
+    // on memory prepared before the fork and ends in execve or _exit.
+    let helper = unsafe { libc::fork() };
+    assert!(helper >= 0);
+    if helper == 0 {
+        // SAFETY: raw system calls on the C strings and arrays prepared above.
+        unsafe {
+            libc::close_range(3, u32::MAX, 0);
+            if libc::unshare(libc::CLONE_NEWPID) < 0 {
+                libc::_exit(5);
+            }
+            let init = libc::fork();
+            if init > 0 {
+                let f = libc::open(
+                    nsroot_c.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                    0o644,
+                );
+                libc::write(f, init.to_le_bytes().as_ptr().cast(), 4);
+                libc::close(f);
+                let mut status = 0;
+                libc::waitpid(init, &mut status, 0);
+                libc::_exit(0);
+            }
+            // pid 1 of the new pid namespace.
+            libc::setsid();
+            let none = std::ptr::null();
+            if libc::unshare(libc::CLONE_NEWNS) < 0
+                || libc::mount(
+                    none,
+                    c"/".as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) < 0
+                || libc::mount(
+                    rootfs_c.as_ptr(),
+                    rootfs_c.as_ptr(),
+                    none,
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) < 0
+                || libc::mount(
+                    data_c.as_ptr(),
+                    target_c.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) < 0
+                || libc::chdir(rootfs_c.as_ptr()) < 0
+                || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0
+                || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) < 0
+                || libc::chdir(c"/".as_ptr()) < 0
+            {
+                libc::_exit(6);
+            }
+            // Stdio on a file inside the container (files of the host are out of reach).
+            let log = libc::open(c"/data/log".as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o644);
+            for fd in 0..3 {
+                libc::dup2(log, fd);
+            }
+            libc::close_range(3, u32::MAX, 0);
+            libc::execve(c"/bin/sh".as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    let mut tree = Tree {
+        root: helper,
+        ours: false,
+        helper: Some(helper),
+        count: data.join("count"),
+        echo: data.join("echo"),
+    };
+    tree.root = wait_for("container init", || {
+        let b = std::fs::read(&nsroot).ok()?;
+        Some(i32::from_le_bytes(b.get(..4)?.try_into().ok()?))
+    });
+    // busybox writes the count as text.
+    wait_for("first count", || {
+        std::fs::read_to_string(&tree.count)
+            .ok()
+            .filter(|s| s.trim().parse::<u64>().is_ok())
+    });
+    (tree, rootfs)
+}
+
+fn text_count(tree: &Tree) -> Option<u64> {
+    std::fs::read_to_string(&tree.count)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[test]
+fn container_like_tree_restores_with_root_and_external_mount() {
+    let name = "container_like_tree_restores_with_root_and_external_mount";
+    let criu = criu_or_skip!(name);
+    let busybox = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/.cache/busybox/rootfs");
+    if !busybox.join("bin/busybox").exists() {
+        skip(name, "busybox rootfs fixture missing (fixtures/busybox.sh)");
+        return;
+    }
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let (mut tree, rootfs) = spawn_container(dir.path(), &busybox);
+    wait_for("count 5", || text_count(&tree).filter(|&c| c >= 5));
+    let members = session_members(tree.root);
+
+    let mut opts = DumpOptions::new(tree.root, &images);
+    opts.external_mounts.push(ExternalMount {
+        key: "data".into(),
+        path: "/data".into(),
+    });
+    opts.common.network_lock = NetworkLock::Skip;
+    criu.dump(&opts).unwrap();
+    tree.reap_after_dump(&members);
+    let at_dump = text_count(&tree).unwrap();
+
+    let mut opts = RestoreOptions::new(&images);
+    opts.root = Some(rootfs.clone());
+    opts.external_mounts.push(ExternalMount {
+        key: "data".into(),
+        path: dir.path().join("data"),
+    });
+    opts.common.network_lock = NetworkLock::Skip;
+    let restored = criu.restore(opts).unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    assert_eq!(ns_pids(tree.root).last(), Some(&1));
+    // Its root is the rootfs (the test dir of the host is not in there), with /data a
+    // mount of its own again.
+    let root = PathBuf::from(format!("/proc/{}/root", tree.root));
+    assert!(root.join("bin/busybox").exists());
+    assert!(!root.join(dir.path().strip_prefix("/").unwrap()).exists());
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", tree.root)).unwrap();
+    assert!(
+        mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/data")),
+        "{mountinfo}"
+    );
+    let next = wait_for("count after restore", || {
+        text_count(&tree).filter(|&c| c != at_dump)
+    });
+    assert!(
+        next > at_dump,
+        "restored container wrote {next} after {at_dump}"
+    );
+}
+
+/// A v1 cgroup this test created (below the test process's own), thawed and removed
+/// on drop.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    /// Create `name` in controller `ctrl` below our own cgroup there; None without v1 `ctrl`.
+    fn new(ctrl: &str, name: &str) -> Option<Cgroup> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let rel = own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == ctrl)
+                .then(|| path.to_string())
+        })?;
+        let base = Path::new("/sys/fs/cgroup").join(ctrl);
+        if !base.join("cgroup.procs").exists() {
+            return None;
+        }
+        let path = base.join(rel.trim_start_matches('/')).join(name);
+        std::fs::create_dir(&path).ok()?;
+        Some(Cgroup(path))
+    }
+
+    fn add(&self, pid: i32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    fn procs(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.0.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+        for _ in 0..500 {
+            for pid in self.procs() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("could not remove cgroup {}", self.0.display());
+    }
+}
+
+#[test]
+fn cgroups_are_kept_and_freezer_used() {
+    let name = "cgroups_are_kept_and_freezer_used";
+    let criu = criu_or_skip!(name);
+    let id = format!("vessel-criu-{}-cg", std::process::id());
+    let (Some(freezer), Some(pids)) = (Cgroup::new("freezer", &id), Cgroup::new("pids", &id))
+    else {
+        skip(
+            name,
+            "no cgroup v1 freezer and pids hierarchies to create cgroups in",
+        );
+        return;
+    };
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let mut tree = spawn_tree(dir.path(), Shape::default());
+    freezer.add(tree.root);
+    pids.add(tree.root);
+    tree.wait_count(|c| c >= 3, "count 3");
+    let members = session_members(tree.root);
+
+    let mut opts = DumpOptions::new(tree.root, &images);
+    opts.common.manage_cgroups = Some(CgroupMode::Soft);
+    opts.freeze_cgroup = Some(freezer.0.clone());
+    criu.dump(&opts).unwrap();
+    tree.reap_after_dump(&members);
+    assert!(freezer.procs().is_empty() && pids.procs().is_empty());
+    let at_dump = tree.count();
+
+    let mut opts = RestoreOptions::new(&images);
+    opts.common.manage_cgroups = Some(CgroupMode::Soft);
+    let restored = criu.restore(opts).unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    assert_eq!(
+        freezer.procs(),
+        vec![tree.root],
+        "back in its freezer cgroup"
+    );
+    assert_eq!(pids.procs(), vec![tree.root], "back in its pids cgroup");
+    let state = std::fs::read_to_string(freezer.0.join("freezer.state")).unwrap();
+    assert_eq!(state.trim(), "THAWED");
+    let next = tree.wait_count(|c| c != at_dump, "count after restore");
+    assert!(next > at_dump);
 }
 
 #[test]
