@@ -8,6 +8,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -16,7 +17,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use vessel_runtime::criu::{
-    CgroupMode, Criu, CriuError, DumpOptions, ExternalMount, InheritFd, NetworkLock, RestoreOptions,
+    tty_external_key, CgroupMode, Criu, CriuError, DumpOptions, ExternalMount, InheritFd,
+    NetworkLock, RestoreOptions,
 };
 
 /// Record a skipped test (same convention as tests/common of the facade crate).
@@ -109,6 +111,9 @@ struct Shape {
     stdout: Option<RawFd>,
     /// Run the counter as init of a new pid namespace (under a helper that waits for it).
     pid_ns: bool,
+    /// A pty master: the counter takes its slave as controlling terminal and stdio, and
+    /// writes one 'x' to it per count.
+    tty_master: Option<RawFd>,
 }
 
 /// A forked process tree (root = session leader); killed and reaped on drop.
@@ -180,6 +185,15 @@ unsafe fn counter_child(
         if let Some(w) = shape.stdout {
             libc::dup2(w, 1);
         }
+        if let Some(m) = shape.tty_master {
+            let slave = libc::ioctl(m, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY);
+            if slave < 0 {
+                libc::_exit(7);
+            }
+            for fd in 0..3 {
+                libc::dup2(slave, fd);
+            }
+        }
         libc::close_range(3, u32::MAX, 0);
         if shape.pid_ns {
             if libc::unshare(libc::CLONE_NEWPID) < 0 {
@@ -200,14 +214,18 @@ unsafe fn counter_child(
             }
         }
         libc::setsid();
-        let null = libc::open(devnull.as_ptr(), libc::O_RDWR);
-        for fd in 0..3 {
-            if fd != 1 || shape.stdout.is_none() {
-                libc::dup2(null, fd);
+        if shape.tty_master.is_some() {
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+        } else {
+            let null = libc::open(devnull.as_ptr(), libc::O_RDWR);
+            for fd in 0..3 {
+                if fd != 1 || shape.stdout.is_none() {
+                    libc::dup2(null, fd);
+                }
             }
-        }
-        if null > 2 {
-            libc::close(null);
+            if null > 2 {
+                libc::close(null);
+            }
         }
         let out = libc::open(
             count.as_ptr(),
@@ -280,6 +298,9 @@ unsafe fn counter_child(
             }
             if shape.stdout.is_some() {
                 libc::write(1, bytes.as_ptr().cast(), 8);
+            }
+            if shape.tty_master.is_some() {
+                libc::write(1, c"x".as_ptr().cast(), 1);
             }
             if !mem.is_null() {
                 // Dirty one page per tick: what an incremental dump must write again.
@@ -651,6 +672,148 @@ fn restored_tree_inherits_new_stdout() {
         first > at_dump,
         "first count on the new stdout {first}, dumped at {at_dump}"
     );
+}
+
+/// Wait (a minute at most) for an 'x' on a pty master.
+fn read_x_from(fd: &std::os::fd::OwnedFd) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let start = Instant::now();
+    loop {
+        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(fd), PollFlags::POLLIN)];
+        let n = poll(&mut fds, PollTimeout::from(1_000u16)).unwrap();
+        if n == 1 {
+            let mut b = [0u8; 64];
+            let got = nix::unistd::read(fd, &mut b).unwrap();
+            if b[..got].contains(&b'x') {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no output on the pty"
+        );
+    }
+}
+
+#[test]
+fn terminal_tree_restores_with_orphan_pts_master() {
+    let criu = criu_or_skip!("terminal_tree_restores_with_orphan_pts_master");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let master = nix::pty::posix_openpt(
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+    )
+    .unwrap();
+    nix::pty::unlockpt(&master).unwrap();
+    let master: std::os::fd::OwnedFd = master.into();
+    let mut tree = spawn_tree(
+        dir.path(),
+        Shape {
+            tty_master: Some(master.as_raw_fd()),
+            ..Shape::default()
+        },
+    );
+    read_x_from(&master);
+    let members = session_members(tree.root);
+    // Its terminal's master is ours, outside the tree.
+    let mut opts = DumpOptions::new(tree.root, &images);
+    opts.common.orphan_pts_master = true;
+    criu.dump(&opts).unwrap();
+    tree.reap_after_dump(&members);
+    drop(master);
+    let at_dump = tree.count();
+
+    let mut opts = RestoreOptions::new(&images);
+    opts.common.orphan_pts_master = true;
+    let restored = criu.restore(opts).unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    let new_master = restored
+        .orphan_pts_master
+        .expect("CRIU hands over the new pts master");
+    read_x_from(&new_master);
+    let next = tree.wait_count(|c| c != at_dump, "count after restore");
+    assert!(next > at_dump);
+}
+
+#[test]
+fn terminal_tree_restores_onto_a_terminal_of_the_callers() {
+    let criu = criu_or_skip!("terminal_tree_restores_onto_a_terminal_of_the_callers");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let open_pty = || {
+        let m = nix::pty::posix_openpt(
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        )
+        .unwrap();
+        nix::pty::unlockpt(&m).unwrap();
+        let slave = nix::pty::ptsname_r(&m).unwrap();
+        (std::os::fd::OwnedFd::from(m), slave)
+    };
+    let (master, _) = open_pty();
+    let mut tree = spawn_tree(
+        dir.path(),
+        Shape {
+            tty_master: Some(master.as_raw_fd()),
+            ..Shape::default()
+        },
+    );
+    read_x_from(&master);
+    let key = tty_external_key(Path::new(&format!("/proc/{}/fd/0", tree.root))).unwrap();
+    assert!(key.starts_with("tty["), "{key}");
+    let mut opts = DumpOptions::new(tree.root, &images);
+    opts.common.external.push(key.clone());
+    let members = session_members(tree.root);
+    criu.dump(&opts).unwrap();
+    tree.reap_after_dump(&members);
+    drop(master);
+
+    // Another terminal of ours takes the place of the one it had.
+    let (master2, slave2) = open_pty();
+    let slave2 = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(slave2)
+        .unwrap();
+    let mut opts = RestoreOptions::new(&images);
+    opts.inherit_fds.push(InheritFd {
+        key,
+        fd: slave2.into(),
+    });
+    let restored = criu.restore(opts).unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    assert!(restored.orphan_pts_master.is_none());
+    read_x_from(&master2);
+}
+
+#[test]
+fn terminal_tree_without_terminal_options_fails_clearly() {
+    let criu = criu_or_skip!("terminal_tree_without_terminal_options_fails_clearly");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let master = nix::pty::posix_openpt(
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+    )
+    .unwrap();
+    nix::pty::unlockpt(&master).unwrap();
+    let master: std::os::fd::OwnedFd = master.into();
+    let tree = spawn_tree(
+        dir.path(),
+        Shape {
+            tty_master: Some(master.as_raw_fd()),
+            ..Shape::default()
+        },
+    );
+    let err = criu
+        .dump(&DumpOptions::new(tree.root, &images))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("criu dump failed: Error (criu/tty.c"),
+        "CRIU's reason comes first: {msg}"
+    );
+    assert!(msg.contains("without correspond master peer"), "{msg}");
+    assert!(alive(tree.root), "a failed dump leaves the tree running");
 }
 
 #[test]
@@ -1091,6 +1254,7 @@ fn restore_from_corrupt_images_fails_and_leaves_nothing() {
     std::fs::write(&core, b"\x01\x02\x03").unwrap();
     let err = criu.restore(RestoreOptions::new(&images)).unwrap_err();
     let msg = err.to_string();
+    eprintln!("{msg}");
     assert!(
         matches!(err, CriuError::Failed { op: "restore", .. }),
         "{msg}"

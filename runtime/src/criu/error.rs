@@ -62,7 +62,8 @@ pub enum CriuError {
     Failed {
         /// The request ("dump", "restore", ...).
         op: &'static str,
-        /// CRIU's own message (`cr_errmsg`), if it gave one.
+        /// CRIU's own message (`cr_errmsg`), or else the first relevant error line of
+        /// its log.
         errmsg: Option<String>,
         /// CRIU's errno (`cr_errno`), if it gave one.
         errno: Option<i32>,

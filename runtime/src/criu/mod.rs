@@ -77,8 +77,8 @@ use rust_criu::rust_criu_protobuf::rpc;
 
 pub use error::CriuError;
 pub use options::{
-    CgroupMode, CommonOptions, DumpOptions, ExternalMount, InheritFd, JoinNamespace, NetworkLock,
-    RestoreOptions,
+    tty_external_key, CgroupMode, CommonOptions, DumpOptions, ExternalMount, InheritFd,
+    JoinNamespace, NetworkLock, RestoreOptions,
 };
 pub use stats::{
     read_dump_stats, read_restore_stats, DumpStats, RestoreStats, DUMP_STATS_FILE,
@@ -417,7 +417,11 @@ fn failure(op: &'static str, f: SwrkFailure, log: Option<&Path>) -> CriuError {
         },
         SwrkFailure::Refused { resp, stderr } => CriuError::Failed {
             op,
-            errmsg: resp.has_cr_errmsg().then(|| resp.cr_errmsg().to_string()),
+            errmsg: resp
+                .has_cr_errmsg()
+                .then(|| resp.cr_errmsg().trim().to_string())
+                .filter(|m| !m.is_empty() && !is_noise(m))
+                .or_else(|| log.and_then(first_error)),
             errno: resp.has_cr_errno().then(|| resp.cr_errno()),
             log: log.filter(|p| p.exists()).map(Path::to_path_buf),
             log_tail,
@@ -438,7 +442,7 @@ fn log_tail(path: &Path) -> String {
     let text = String::from_utf8_lossy(&text);
     let errors: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains("Error") || l.starts_with("Error"))
+        .filter(|l| l.contains("Error") && !is_noise(l))
         .collect();
     let lines: Vec<&str> = if errors.is_empty() {
         text.lines().collect()
@@ -447,6 +451,23 @@ fn log_tail(path: &Path) -> String {
     };
     let start = lines.len().saturating_sub(TAIL_LINES);
     lines[start..].join("\n")
+}
+
+/// CRIU reports some harmless conditions as errors; they are left out of messages.
+/// (Raising RLIMIT_NOFILE for itself needs CAP_SYS_RESOURCE, which sandboxes often drop;
+/// CRIU goes on with the limit it has.)
+fn is_noise(line: &str) -> bool {
+    line.contains("Can't setup RLIMIT_NOFILE for self")
+}
+
+/// The first relevant error line of a CRIU log, without its time and pid prefix.
+fn first_error(path: &Path) -> Option<String> {
+    let text = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let line = text
+        .lines()
+        .find(|l| l.contains("Error (") && !is_noise(l))?;
+    line.find("Error (").map(|i| line[i..].trim().to_string())
 }
 
 /// A private scratch directory (for `check`'s log), removed on drop.
@@ -493,8 +514,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(log_tail(&p), "Error (a.c:1): first\nError (b.c:2): second");
+        assert_eq!(first_error(&p).as_deref(), Some("Error (a.c:1): first"));
         std::fs::write(&p, "a\nb\n").unwrap();
         assert_eq!(log_tail(&p), "a\nb");
+        assert_eq!(first_error(&p), None);
+        std::fs::write(
+            &p,
+            "(0.1) Error (util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: x\n(0.2)   77: Error (tty.c:4): real\n",
+        )
+        .unwrap();
+        assert_eq!(first_error(&p).as_deref(), Some("Error (tty.c:4): real"));
+        assert_eq!(log_tail(&p), "(0.2)   77: Error (tty.c:4): real");
         assert_eq!(log_tail(&dir.path().join("missing")), "");
     }
 

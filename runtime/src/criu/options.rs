@@ -89,6 +89,11 @@ pub struct CommonOptions {
     pub enable_fs: Vec<String>,
     /// Seconds CRIU may wait for the tree to freeze (`--timeout`); `None`: CRIU's default.
     pub timeout: Option<u32>,
+    /// `--orphan-pts-master`: the tree's terminal is a pty whose master is outside the
+    /// tree (a container's console, held by the runtime). At dump CRIU records the slave
+    /// alone; at restore it makes a new pty pair and hands the master to the caller (in
+    /// [`super::RestoredProcess::orphan_pts_master`]). Set it for both, as runc does.
+    pub orphan_pts_master: bool,
 }
 
 impl CommonOptions {
@@ -108,6 +113,7 @@ impl CommonOptions {
             external: Vec::new(),
             enable_fs: Vec::new(),
             timeout: None,
+            orphan_pts_master: false,
         }
     }
 
@@ -152,6 +158,9 @@ impl CommonOptions {
         o.enable_fs.extend(self.enable_fs.iter().cloned());
         if let Some(t) = self.timeout {
             o.set_timeout(t);
+        }
+        if self.orphan_pts_master {
+            o.set_orphan_pts_master(true);
         }
         // Always ask for notifications: they are how CRIU hands over the orphan pts
         // master and how the caller learns the restored pid before the tree runs.
@@ -318,9 +327,6 @@ pub struct RestoreOptions {
     /// Cgroup roots to move the tree to (`--cgroup-root [ctrl:]/path`): controller
     /// (`None` = all) and path.
     pub cgroup_roots: Vec<(Option<String>, PathBuf)>,
-    /// `--orphan-pts-master`: CRIU hands the master of the tree's terminal to the caller
-    /// (in [`super::RestoredProcess::orphan_pts_master`]).
-    pub orphan_pts_master: bool,
     /// `--lsm-profile`, e.g. `apparmor:NAME` or `selinux:LABEL`.
     pub lsm_profile: Option<String>,
     /// `--tcp-close`: restore TCP connections closed.
@@ -341,7 +347,6 @@ impl RestoreOptions {
             join_namespaces: Vec::new(),
             empty_net_ns: false,
             cgroup_roots: Vec::new(),
-            orphan_pts_master: false,
             lsm_profile: None,
             tcp_close: false,
         }
@@ -402,15 +407,30 @@ impl RestoreOptions {
             c.set_path(path.to_string_lossy().into_owned());
             o.cg_root.push(c);
         }
-        if self.orphan_pts_master {
-            o.set_orphan_pts_master(true);
-        }
         if let Some(p) = &self.lsm_profile {
             o.set_lsm_profile(p.clone());
         }
         o.set_tcp_close(self.tcp_close);
         o
     }
+}
+
+/// The `--external` key of the terminal at `path` (e.g. `/proc/PID/fd/0`):
+/// `tty[RDEV:DEV]` in hex, as CRIU names ttys. A tree whose terminal master lives outside
+/// it can be dumped with this key in [`CommonOptions::external`] and restored with an
+/// [`InheritFd`] of another terminal under the same key: the alternative to
+/// [`CommonOptions::orphan_pts_master`] that keeps using a terminal of the caller's.
+pub fn tty_external_key(path: &std::path::Path) -> Result<String, super::CriuError> {
+    let st = nix::sys::stat::stat(path).map_err(|e| {
+        super::CriuError::InvalidOption(format!("terminal {}: {e}", path.display()))
+    })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+        return Err(super::CriuError::InvalidOption(format!(
+            "{} is not a terminal (not a character device)",
+            path.display()
+        )));
+    }
+    Ok(format!("tty[{:x}:{:x}]", st.st_rdev, st.st_dev))
 }
 
 fn validate_key(key: &str) -> Result<(), String> {
