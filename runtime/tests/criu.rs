@@ -114,6 +114,8 @@ struct Shape {
     /// A pty master: the counter takes its slave as controlling terminal and stdio, and
     /// writes one 'x' to it per count.
     tty_master: Option<RawFd>,
+    /// Give the counter a network namespace of its own (CRIU then locks its network).
+    net_ns: bool,
 }
 
 /// A forked process tree (root = session leader); killed and reaped on drop.
@@ -212,6 +214,9 @@ unsafe fn counter_child(
                 libc::waitpid(init, &mut status, 0);
                 libc::_exit(0);
             }
+        }
+        if shape.net_ns && libc::unshare(libc::CLONE_NEWNET) < 0 {
+            libc::_exit(8);
         }
         libc::setsid();
         if shape.tty_master.is_some() {
@@ -632,6 +637,55 @@ fn read_count_from(fd: &std::os::fd::OwnedFd) -> u64 {
     let got = nix::unistd::read(fd, &mut b).unwrap();
     assert_eq!(got, 8);
     u64::from_le_bytes(b)
+}
+
+fn net_ns_of(pid: i32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap()
+}
+
+#[test]
+fn network_namespace_is_locked_and_restored() {
+    let criu = criu_or_skip!("network_namespace_is_locked_and_restored");
+    let dir = TempDir::new();
+    let images = dir.sub("images");
+    let mut tree = spawn_tree(
+        dir.path(),
+        Shape {
+            pid_ns: true,
+            net_ns: true,
+            ..Shape::default()
+        },
+    );
+    let host_net = net_ns_of(std::process::id() as i32);
+    assert_ne!(net_ns_of(tree.root), host_net);
+    let members = session_members(tree.root);
+    let mut scripts = Vec::new();
+    // Default lock method: iptables-restore inside the tree's network namespace.
+    criu.dump_with(&DumpOptions::new(tree.root, &images), &mut |n| {
+        scripts.push(n.script.clone());
+        Ok(())
+    })
+    .unwrap();
+    assert!(scripts.iter().any(|s| s == "network-lock"), "{scripts:?}");
+    tree.reap_after_dump(&members);
+    let at_dump = tree.count();
+
+    let mut scripts = Vec::new();
+    let restored = criu
+        .restore_with(RestoreOptions::new(&images), &mut |n| {
+            scripts.push(n.script.clone());
+            Ok(())
+        })
+        .unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    assert!(scripts.iter().any(|s| s == "network-unlock"), "{scripts:?}");
+    assert_ne!(
+        net_ns_of(tree.root),
+        host_net,
+        "a network namespace of its own again"
+    );
+    let next = tree.wait_count(|c| c != at_dump, "count after restore");
+    assert!(next > at_dump);
 }
 
 #[test]
