@@ -24,6 +24,9 @@
 //! changed since ([`DumpStats::pages_skipped_parent`] counts the rest). Restore needs the
 //! whole chain on disk. This is the basis of live migration: pre-dump(s) while the
 //! container runs, copy, final short dump, copy the delta, restore on the target.
+//! It needs the kernel's soft-dirty bits (`CONFIG_MEM_SOFT_DIRTY`): ask
+//! [`Criu::features`] (`mem_track`) first; without them a pre-dump fails with CRIU's
+//! "Tracking memory is not available", and migration must fall back to a plain dump.
 //!
 //! # What the container integration passes
 //! To checkpoint a container (runc's `checkpoint`), the runtime fills [`DumpOptions`]:
@@ -41,17 +44,27 @@
 //!   `file_locks`, `shell_job` from the checkpoint command line; `leave_running` for
 //!   `--leave-running`; `parent_images`/`track_mem` for `--parent-path`/pre-dump.
 //! - `common.network_lock`: `Skip` when the container has no network namespace of its
-//!   own (nothing to lock) or the caller locks it.
+//!   own (nothing to lock) or the caller locks it; the default (iptables) runs the
+//!   host's `iptables-restore` inside the container's network namespace.
+//! - `common.orphan_pts_master` when the container has a terminal (its pty master is
+//!   the runtime's, outside the tree), for dump and restore alike.
+//!
+//! Every open file of the container must be reachable inside its mount namespace, or
+//! be a pipe, socket or terminal: a descriptor on a host file (say the host's
+//! `/dev/null` inherited at create time) makes the dump fail ("Can't lookup mount").
 //!
 //! To restore it (runc's `restore`), [`RestoreOptions`]:
-//! - `root`: the bundle's rootfs (after the runtime has set up its mount propagation:
-//!   CRIU bind-mounts it as the new root of the restored mount namespace).
+//! - `root`: the bundle's rootfs directory; CRIU rebuilds the container's mount
+//!   namespace on it (a plain directory works, as the tests show).
 //! - `external_mounts`: the same keys, each bound to its host source.
 //! - `inherit_fds`: new stdio for the container keyed by the pipes it had at dump
-//!   (`pipe:[INODE]`, recorded by the runtime at checkpoint time, as runc's
-//!   descriptors.json), or `orphan_pts_master` when it had a terminal: the new master
-//!   comes back in [`RestoredProcess::orphan_pts_master`].
-//! - `cgroup_roots`: the container's (possibly new) cgroup path; `manage_cgroups`.
+//!   (`pipe:[INODE]`, read from `/proc/PID/fd/N` and saved by the runtime at
+//!   checkpoint time, as runc's descriptors.json), or `common.orphan_pts_master` when
+//!   it had a terminal: the new master comes back in
+//!   [`RestoredProcess::orphan_pts_master`] for the console socket.
+//! - `common.manage_cgroups` and `cgroup_roots`: the container's (possibly new) cgroup
+//!   path. With `Soft`, cgroups that exist are used as they are (the runtime may create
+//!   them first); the tree is put back in the cgroups it was dumped from otherwise.
 //! - `empty_net_ns` or `join_namespaces` (`net` → a prepared netns file) for networking;
 //!   the `setup-namespaces` notification ([`Criu::restore_with`]) gives the restored
 //!   init's pid before it runs, when the runtime can configure its network namespace.
