@@ -40,6 +40,9 @@ fn skip(test: &str, reason: &str) {
 fn criu() -> Result<Criu, String> {
     static CRIU: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     CRIU.get_or_init(|| {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("CRIU needs root (ptrace, namespaces)".into());
+        }
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let cache = std::env::var_os("VESSEL_FIXTURES")
             .map(PathBuf::from)
