@@ -731,6 +731,10 @@ fn restored_tree_inherits_new_stdout() {
     );
 }
 
+/// Serializes the terminal tests: CRIU restores an orphan pty under its old index in
+/// the host's devpts, so no other pty of this process may take that index meanwhile.
+static PTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Wait (a minute at most) for an 'x' on a pty master.
 fn read_x_from(fd: &std::os::fd::OwnedFd) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -755,6 +759,7 @@ fn read_x_from(fd: &std::os::fd::OwnedFd) {
 #[test]
 fn terminal_tree_restores_with_orphan_pts_master() {
     let criu = criu_or_skip!("terminal_tree_restores_with_orphan_pts_master");
+    let _pts = PTS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new();
     let images = dir.sub("images");
     let master = nix::pty::posix_openpt(
@@ -777,11 +782,12 @@ fn terminal_tree_restores_with_orphan_pts_master() {
     opts.common.orphan_pts_master = true;
     criu.dump(&opts).unwrap();
     tree.reap_after_dump(&members);
-    drop(master);
     let at_dump = tree.count();
 
     let mut opts = RestoreOptions::new(&images);
     opts.common.orphan_pts_master = true;
+    // Holding the old master kept its index from other ptys of the host until now.
+    drop(master);
     let restored = criu.restore(opts).unwrap();
     tree.restored(restored.pid, restored.is_child);
     let new_master = restored
@@ -795,6 +801,7 @@ fn terminal_tree_restores_with_orphan_pts_master() {
 #[test]
 fn terminal_tree_restores_onto_a_terminal_of_the_callers() {
     let criu = criu_or_skip!("terminal_tree_restores_onto_a_terminal_of_the_callers");
+    let _pts = PTS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new();
     let images = dir.sub("images");
     let open_pty = || {
@@ -846,6 +853,7 @@ fn terminal_tree_restores_onto_a_terminal_of_the_callers() {
 #[test]
 fn terminal_tree_without_terminal_options_fails_clearly() {
     let criu = criu_or_skip!("terminal_tree_without_terminal_options_fails_clearly");
+    let _pts = PTS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new();
     let images = dir.sub("images");
     let master = nix::pty::posix_openpt(
