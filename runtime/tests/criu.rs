@@ -1276,6 +1276,70 @@ fn pre_dump_without_mem_tracking_says_why() {
 }
 
 #[test]
+fn dump_streams_pages_to_a_page_server() {
+    let criu = criu_or_skip!("dump_streams_pages_to_a_page_server");
+    let dir = TempDir::new();
+    let (source, target) = (dir.sub("source"), dir.sub("target"));
+    let mut tree = spawn_tree(
+        dir.path(),
+        Shape {
+            mem_mib: 4,
+            ..Shape::default()
+        },
+    );
+    let server = criu
+        .start_page_server(&target, "127.0.0.1".parse().unwrap(), 0)
+        .unwrap();
+    assert!(server.port() != 0 && server.pid().is_some());
+
+    let members = session_members(tree.root);
+    let mut opts = DumpOptions::new(tree.root, &source);
+    opts.page_server = Some(("127.0.0.1".into(), server.port()));
+    let stats = criu.dump(&opts).unwrap().stats.unwrap();
+    assert!(stats.pages_written >= 1024, "{stats:?}");
+    tree.reap_after_dump(&members);
+    server.wait().unwrap();
+
+    let names = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let is_pages = |n: &String| n.starts_with("pages-");
+    assert!(!names(&source).iter().any(is_pages), "{:?}", names(&source));
+    assert!(names(&target).iter().any(is_pages), "{:?}", names(&target));
+
+    // On the "target": the source's images next to the pages, then restore.
+    for n in names(&source) {
+        std::fs::copy(source.join(&n), target.join(&n)).unwrap();
+    }
+    let at_dump = tree.count();
+    let restored = criu.restore(RestoreOptions::new(&target)).unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    let next = tree.wait_count(|c| c != at_dump, "count after restore");
+    assert!(next > at_dump);
+}
+
+#[test]
+fn page_server_on_a_busy_port_is_a_clear_error() {
+    let criu = criu_or_skip!("page_server_on_a_busy_port_is_a_clear_error");
+    let dir = TempDir::new();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let err = criu
+        .start_page_server(dir.path(), "127.0.0.1".parse().unwrap(), port)
+        .unwrap_err();
+    let msg = err.to_string();
+    eprintln!("{msg}");
+    assert!(msg.contains("page-server"), "{msg}");
+    assert!(
+        msg.contains("Address already in use") || msg.contains("bind"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn dump_of_missing_pid_is_a_clear_error() {
     let criu = criu_or_skip!("dump_of_missing_pid_is_a_clear_error");
     let dir = TempDir::new();

@@ -24,7 +24,10 @@
 //! changed since ([`DumpStats::pages_skipped_parent`] counts the rest). Restore needs the
 //! whole chain on disk. This is the basis of live migration: pre-dump(s) while the
 //! container runs, copy, final short dump, copy the delta, restore on the target.
-//! It needs the kernel's soft-dirty bits (`CONFIG_MEM_SOFT_DIRTY`): ask
+//! Pages can also go straight to the target: [`Criu::start_page_server`] there, and
+//! [`DumpOptions::page_server`] on the source; the other images are then copied next to
+//! the pages before the restore.
+//! Incremental dumps need the kernel's soft-dirty bits (`CONFIG_MEM_SOFT_DIRTY`): ask
 //! [`Criu::features`] (`mem_track`) first; without them a pre-dump fails with CRIU's
 //! "Tracking memory is not available", and migration must fall back to a plain dump.
 //!
@@ -78,6 +81,7 @@
 
 mod error;
 mod options;
+mod page_server;
 mod stats;
 mod swrk;
 
@@ -93,6 +97,7 @@ pub use options::{
     tty_external_key, CgroupMode, CommonOptions, DumpOptions, ExternalMount, InheritFd,
     JoinNamespace, NetworkLock, RestoreOptions,
 };
+pub use page_server::PageServer;
 pub use stats::{
     read_dump_stats, read_restore_stats, DumpStats, RestoreStats, DUMP_STATS_FILE,
     RESTORE_STATS_FILE,
@@ -265,6 +270,17 @@ impl Criu {
         notify: &mut NotifyHandler<'_>,
     ) -> Result<DumpOutcome, CriuError> {
         self.dump_request(rpc::Criu_req_type::DUMP, "dump", opts, notify)
+    }
+
+    /// Start a page server that writes the pages it receives into `images_dir`, on
+    /// `address`:`port` (port 0: a free port); see [`PageServer`].
+    pub fn start_page_server(
+        &self,
+        images_dir: &Path,
+        address: std::net::IpAddr,
+        port: u16,
+    ) -> Result<PageServer, CriuError> {
+        PageServer::start(&self.path, images_dir, address, port)
     }
 
     /// Copy the tree's memory while it keeps running and start tracking which pages it

@@ -211,6 +211,10 @@ pub struct DumpOptions {
     pub skip_mounts: Vec<PathBuf>,
     /// `--ghost-limit`: largest unlinked-but-open file CRIU copies into the images.
     pub ghost_limit: Option<u32>,
+    /// `--page-server --address A --port P`: send memory pages to a page server (see
+    /// [`super::Criu::start_page_server`]), typically on the migration target, instead
+    /// of writing them into the images dir.
+    pub page_server: Option<(String, u16)>,
 }
 
 impl DumpOptions {
@@ -230,6 +234,7 @@ impl DumpOptions {
             external_mounts: Vec::new(),
             skip_mounts: Vec::new(),
             ghost_limit: None,
+            page_server: None,
         }
     }
 
@@ -237,6 +242,11 @@ impl DumpOptions {
         self.common.validate()?;
         if self.pid <= 0 {
             return Err(format!("pid {} is not a process id", self.pid));
+        }
+        if let Some((address, _)) = &self.page_server {
+            if address.is_empty() {
+                return Err("page server address is empty".into());
+            }
         }
         if self.leave_running && self.leave_stopped {
             return Err("leave_running and leave_stopped exclude each other".into());
@@ -275,6 +285,12 @@ impl DumpOptions {
         );
         if let Some(g) = self.ghost_limit {
             o.set_ghost_limit(g);
+        }
+        if let Some((address, port)) = &self.page_server {
+            let mut ps = rpc::Criu_page_server_info::new();
+            ps.set_address(address.clone());
+            ps.set_port(i32::from(*port));
+            o.ps = Some(ps).into();
         }
         o
     }
