@@ -329,11 +329,9 @@ impl Criu {
         let log = opts.common.log_dir().join(&opts.common.log_file);
         swrk::request(&self.path, &req, &dirs.raw(), notify)
             .map_err(|f| failure(op, f, Some(&log)))?;
-        let stats = if stats_path.exists() {
-            Some(read_dump_stats(&opts.common.images_dir)?)
-        } else {
-            None
-        };
+        // The dump happened (the tree may be gone already): unreadable statistics must
+        // not turn it into an error, they are just absent.
+        let stats = read_dump_stats(&opts.common.images_dir).ok();
         Ok(DumpOutcome { stats })
     }
 
@@ -353,8 +351,8 @@ impl Criu {
     ) -> Result<RestoredProcess, CriuError> {
         opts.validate().map_err(CriuError::InvalidOption)?;
         let dirs = Dirs::open(&opts.common)?;
-        let stats_path = opts.common.images_dir.join(RESTORE_STATS_FILE);
-        let _ = std::fs::remove_file(&stats_path);
+        let images_dir = opts.common.images_dir.clone();
+        let _ = std::fs::remove_file(images_dir.join(RESTORE_STATS_FILE));
         let mut req = rpc::Criu_req::new();
         req.set_type(rpc::Criu_req_type::RESTORE);
         req.opts = Some(opts.to_rpc(dirs.images_fd(), dirs.work_fd())).into();
@@ -374,11 +372,8 @@ impl Criu {
             return Err(CriuError::Protocol("restore answer without a pid".into()));
         }
         let pid = answer.resp.restore.pid();
-        let stats = if stats_path.exists() {
-            read_restore_stats(stats_path.parent().unwrap_or(Path::new("."))).ok()
-        } else {
-            None
-        };
+        // As for dumps: the tree runs; statistics are a bonus.
+        let stats = read_restore_stats(&images_dir).ok();
         Ok(RestoredProcess {
             pid,
             is_child: req.opts.rst_sibling(),
