@@ -17,8 +17,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use vessel_runtime::criu::{
-    tty_external_key, CgroupMode, Criu, CriuError, DumpOptions, ExternalMount, InheritFd,
-    NetworkLock, RestoreOptions,
+    external_mounts, tty_external_key, CgroupMode, Criu, CriuError, DumpOptions, ExternalMount,
+    ExternalMountRecord, InheritFd, NetworkLock, RestoreOptions,
 };
 
 /// Record a skipped test (same convention as tests/common of the facade crate).
@@ -455,6 +455,28 @@ fn dump_kills_tree_and_restore_continues_counting() {
     assert!(next > at_dump, "restored tree wrote {next} after {at_dump}");
     let later = tree.wait_count(|c| c > next, "count going on");
     assert!(later > next);
+}
+
+#[test]
+fn work_dir_holds_the_logs() {
+    let criu = criu_or_skip!("work_dir_holds_the_logs");
+    let dir = TempDir::new();
+    let (images, work) = (dir.sub("images"), dir.sub("work"));
+    let mut tree = spawn_tree(dir.path(), Shape::default());
+    let members = session_members(tree.root);
+    let mut opts = DumpOptions::new(tree.root, &images);
+    opts.common.work_dir = Some(work.clone());
+    criu.dump(&opts).unwrap();
+    tree.reap_after_dump(&members);
+    assert!(work.join("dump.log").exists());
+    assert!(!images.join("dump.log").exists());
+
+    let mut opts = RestoreOptions::new(&images);
+    opts.common.work_dir = Some(work.clone());
+    opts.common.log_file = "again.log".into();
+    let restored = criu.restore(opts).unwrap();
+    tree.restored(restored.pid, restored.is_child);
+    assert!(work.join("again.log").exists());
 }
 
 #[test]
@@ -1091,6 +1113,26 @@ fn container_like_tree_restores_with_root_and_external_mount() {
     criu.dump(&opts).unwrap();
     tree.reap_after_dump(&members);
     let at_dump = text_count(&tree).unwrap();
+
+    // The checkpoint says which external mounts it needs ...
+    let needed = external_mounts(&images).unwrap();
+    assert_eq!(
+        needed,
+        vec![ExternalMountRecord {
+            key: "data".into(),
+            mountpoint: "/data".into()
+        }]
+    );
+    // ... and a restore without a host path for one is refused, naming it.
+    let mut opts = RestoreOptions::new(&images);
+    opts.root = Some(rootfs.clone());
+    let err = criu.restore(opts).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, CriuError::MissingExternalMount { key, mountpoint } if key == "data" && mountpoint == "/data"),
+        "{msg}"
+    );
+    assert!(session_members(tree.root).is_empty());
 
     let mut opts = RestoreOptions::new(&images);
     opts.root = Some(rootfs.clone());

@@ -84,9 +84,18 @@ pub enum CriuError {
         reason: String,
     },
 
-    /// A stats image (stats-dump, stats-restore) cannot be read or parsed.
-    #[error("CRIU stats image {}: {reason}", path.display())]
-    Stats {
+    /// The checkpoint has an external mount the restore gives no host path for.
+    #[error("the checkpoint has external mount {key:?} (at {mountpoint} in the tree) but the restore names no host path for it")]
+    MissingExternalMount {
+        /// Its key.
+        key: String,
+        /// Where it is mounted in the restored tree.
+        mountpoint: String,
+    },
+
+    /// A CRIU image (stats-dump, mountpoints-N.img, ...) cannot be read or parsed.
+    #[error("CRIU image {}: {reason}", path.display())]
+    Image {
         /// The image file.
         path: PathBuf,
         /// What is wrong with it.

@@ -80,6 +80,7 @@
 //! in-namespace pids, which is what lets a container restore next to its original.
 
 mod error;
+mod mounts;
 mod options;
 mod page_server;
 mod stats;
@@ -93,6 +94,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use rust_criu::rust_criu_protobuf::rpc;
 
 pub use error::CriuError;
+pub use mounts::{external_mounts, ExternalMountRecord};
 pub use options::{
     tty_external_key, CgroupMode, CommonOptions, DumpOptions, ExternalMount, InheritFd,
     JoinNamespace, NetworkLock, RestoreOptions,
@@ -352,6 +354,7 @@ impl Criu {
         opts.validate().map_err(CriuError::InvalidOption)?;
         let dirs = Dirs::open(&opts.common)?;
         let images_dir = opts.common.images_dir.clone();
+        check_external_mounts(&opts)?;
         let _ = std::fs::remove_file(images_dir.join(RESTORE_STATS_FILE));
         let mut req = rpc::Criu_req::new();
         req.set_type(rpc::Criu_req_type::RESTORE);
@@ -381,6 +384,26 @@ impl Criu {
             stats,
         })
     }
+}
+
+/// Every external mount of the checkpoint must get a host path, or CRIU fails without
+/// naming it. Unreadable images are left for CRIU to report.
+fn check_external_mounts(opts: &RestoreOptions) -> Result<(), CriuError> {
+    let Ok(needed) = external_mounts(&opts.common.images_dir) else {
+        return Ok(());
+    };
+    for rec in needed {
+        let prefix = format!("mnt[{}]:", rec.key);
+        let given = opts.external_mounts.iter().any(|m| m.key == rec.key)
+            || opts.common.external.iter().any(|e| e.starts_with(&prefix));
+        if !given {
+            return Err(CriuError::MissingExternalMount {
+                key: rec.key,
+                mountpoint: rec.mountpoint,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The images and work directories, opened for criu.

@@ -102,7 +102,7 @@ pub fn read_restore_stats(images_dir: &Path) -> Result<RestoreStats, CriuError> 
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> CriuError {
-    CriuError::Stats {
+    CriuError::Image {
         path: PathBuf::from(path),
         reason: reason.into(),
     }
