@@ -1336,7 +1336,7 @@ fn dump_streams_pages_to_a_page_server() {
 
     let members = session_members(tree.root);
     let mut opts = DumpOptions::new(tree.root, &source);
-    opts.page_server = Some(("127.0.0.1".into(), server.port()));
+    opts.page_server = Some(std::net::SocketAddr::from(([127, 0, 0, 1], server.port())));
     let stats = criu.dump(&opts).unwrap().stats.unwrap();
     assert!(stats.pages_written >= 1024, "{stats:?}");
     tree.reap_after_dump(&members);

@@ -214,7 +214,7 @@ pub struct DumpOptions {
     /// `--page-server --address A --port P`: send memory pages to a page server (see
     /// [`super::Criu::start_page_server`]), typically on the migration target, instead
     /// of writing them into the images dir.
-    pub page_server: Option<(String, u16)>,
+    pub page_server: Option<std::net::SocketAddr>,
 }
 
 impl DumpOptions {
@@ -242,11 +242,6 @@ impl DumpOptions {
         self.common.validate()?;
         if self.pid <= 0 {
             return Err(format!("pid {} is not a process id", self.pid));
-        }
-        if let Some((address, _)) = &self.page_server {
-            if address.is_empty() {
-                return Err("page server address is empty".into());
-            }
         }
         if self.leave_running && self.leave_stopped {
             return Err("leave_running and leave_stopped exclude each other".into());
@@ -286,10 +281,10 @@ impl DumpOptions {
         if let Some(g) = self.ghost_limit {
             o.set_ghost_limit(g);
         }
-        if let Some((address, port)) = &self.page_server {
+        if let Some(addr) = &self.page_server {
             let mut ps = rpc::Criu_page_server_info::new();
-            ps.set_address(address.clone());
-            ps.set_port(i32::from(*port));
+            ps.set_address(addr.ip().to_string());
+            ps.set_port(i32::from(addr.port()));
             o.ps = Some(ps).into();
         }
         o
