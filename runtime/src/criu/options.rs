@@ -480,6 +480,11 @@ mod tests {
         assert_eq!(o.external, vec!["mnt[/mnt/data]:data".to_string()]);
         assert_eq!(o.log_file(), "dump.log");
         assert!(!o.has_work_dir_fd());
+        assert!(o.ps.is_none());
+        d.page_server = Some(std::net::SocketAddr::from(([10, 0, 0, 2], 2700)));
+        let o = d.to_rpc(7, Some(8));
+        assert_eq!((o.ps.address(), o.ps.port()), ("10.0.0.2", 2700));
+        assert_eq!(o.work_dir_fd(), 8);
     }
 
     #[test]
