@@ -5,6 +5,7 @@
 mod test_util;
 
 pub mod capabilities;
+pub mod criu;
 pub mod hooks;
 pub mod idmap;
 pub mod process_attrs;
