@@ -1,3 +1,13 @@
 //! Vessel container library.
 
+#[cfg(test)]
+#[macro_use]
+mod test_util;
+
+pub mod capabilities;
+pub mod criu;
+pub mod hooks;
 pub mod idmap;
+pub mod process_attrs;
+pub mod rlimits;
+pub mod seccomp;

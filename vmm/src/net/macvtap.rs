@@ -227,6 +227,41 @@ mod tests {
     use crate::net::tap::VNET_HDR_LEN;
     use crate::net::testutil::{in_new_netns, ip, test_frame, PacketSocket};
 
+    /// Deletes a link (and a veth's peer with it) on drop.
+    struct LinkGuard(String);
+
+    impl Drop for LinkGuard {
+        fn drop(&mut self) {
+            let _ = netlink::delete_link(&self.0);
+        }
+    }
+
+    #[test]
+    fn in_the_host_namespace_dev_tap_n_is_used() {
+        if crate::net::testutil::skip_without_macvtap("in_the_host_namespace_dev_tap_n_is_used") {
+            return;
+        }
+        let lower = crate::net::testutil::unique_ifname("vl");
+        let peer = crate::net::testutil::unique_ifname("vp");
+        ip(&["link", "add", &lower, "type", "veth", "peer", "name", &peer]);
+        let _veth = LinkGuard(lower.clone());
+        let name = crate::net::testutil::unique_ifname("mv");
+        let link = MacvtapLink::create(&name, &lower, None).unwrap();
+        let (path, rdev) = chardev(&name).unwrap();
+        let index = netlink::link_index(&name).unwrap();
+        assert_eq!(path, PathBuf::from(format!("/dev/tap{index}")));
+        // devtmpfs made the node: it must be the one chosen.
+        let meta = fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_char_device());
+        assert_eq!(meta.rdev(), rdev);
+        let tap = link.open().unwrap();
+        assert_eq!(tap.name(), name);
+        assert_eq!(tap.vnet_hdr_size().unwrap(), VNET_HDR_LEN as i32);
+        drop(tap);
+        drop(link);
+        assert!(netlink::link_index(&name).is_err());
+    }
+
     #[test]
     fn not_a_macvtap_is_a_clear_error() {
         assert!(matches!(open("lo"), Err(MacvtapError::Sysfs { .. })));
@@ -235,6 +270,11 @@ mod tests {
 
     #[test]
     fn macvtap_on_veth_passes_frames_both_ways_and_is_deleted_on_drop() {
+        if crate::net::testutil::skip_without_macvtap(
+            "macvtap_on_veth_passes_frames_both_ways_and_is_deleted_on_drop",
+        ) {
+            return;
+        }
         in_new_netns("mvt", |ns| {
             ip(&[
                 "-n", ns, "link", "add", "vh0", "type", "veth", "peer", "name", "vp0",

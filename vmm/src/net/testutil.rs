@@ -99,6 +99,40 @@ impl PacketSocket {
         Ok(PacketSocket { fd })
     }
 
+    /// A second socket on the same interface whose frames carry a `virtio_net_hdr` prefix
+    /// (PACKET_VNET_HDR), to inject GSO frames.
+    pub fn with_vnet_hdr(&self) -> io::Result<PacketSocket> {
+        let mut sll: libc::sockaddr_ll = unsafe_zeroed_sll();
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // SAFETY: pointer/length describe `sll`, valid for the call.
+        let ret = unsafe {
+            libc::getsockname(
+                self.fd.as_raw_fd(),
+                &mut sll as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let s = PacketSocket::bind(sll.sll_ifindex as u32)?;
+        let one: libc::c_int = 1;
+        // SAFETY: pointer/length describe `one`, valid for the call.
+        let ret = unsafe {
+            libc::setsockopt(
+                s.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(s)
+    }
+
     /// Send one frame out of the bound interface.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: the pointer/length describe `frame`, valid for the call.
@@ -139,6 +173,11 @@ impl PacketSocket {
             }
         }
     }
+}
+
+fn unsafe_zeroed_sll() -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    unsafe { std::mem::zeroed() }
 }
 
 /// Read frames from `tap` (waiting up to 5 s each) until one whose bytes 12.. start with `id`;
@@ -225,4 +264,68 @@ pub fn in_new_netns<F: FnOnce(&str) + Send + 'static>(prefix: &str, f: F) {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Record that `test` was skipped because of `reason`: printed as `SKIPPED`, and appended to
+/// `$VESSEL_SKIP_LOG` (set by `.ci/test`) so the run's summary counts it.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(path) = std::env::var_os("VESSEL_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {reason}");
+        }
+    }
+}
+
+/// Why tap devices cannot be used on this host, if they cannot.
+fn tap_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root to create taps".into());
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+    {
+        return Some(format!("/dev/net/tun unusable: {e}"));
+    }
+    None
+}
+
+/// Why macvtap links in a fresh network namespace cannot be used here, if they cannot.
+fn macvtap_unavailable() -> Option<String> {
+    if let Some(r) = tap_unavailable() {
+        return Some(r);
+    }
+    let has_macvtap = || {
+        std::fs::read_to_string("/proc/devices")
+            .map(|d| d.lines().any(|l| l.ends_with(" macvtap")))
+            .unwrap_or(false)
+    };
+    if !has_macvtap() {
+        let _ = Command::new("modprobe").arg("macvtap").status();
+        if !has_macvtap() {
+            return Some("no macvtap driver in this kernel".into());
+        }
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("iproute2 (ip) is not installed".into());
+    }
+    None
+}
+
+/// Skip (and return true) unless taps work here.
+pub fn skip_without_tap(test: &str) -> bool {
+    tap_unavailable().map(|r| skip(test, &r)).is_some()
+}
+
+/// Skip (and return true) unless macvtap links, veth pairs and netns work here.
+pub fn skip_without_macvtap(test: &str) -> bool {
+    macvtap_unavailable().map(|r| skip(test, &r)).is_some()
 }

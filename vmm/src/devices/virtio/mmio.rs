@@ -79,6 +79,8 @@ pub struct MmioTransport {
     driver_features_sel: u32,
     queue_sel: u32,
     queues: Vec<QueueRegs>,
+    /// `(feature bit, mask)`: acking the feature requires acking at least one bit of mask.
+    dependencies: Vec<(u32, u64)>,
     status: u32,
     interrupt_status: u32,
     config_generation: u32,
@@ -110,10 +112,24 @@ impl MmioTransport {
             driver_features_sel: 0,
             queue_sel: 0,
             queues: queue_max_sizes.iter().map(|&m| QueueRegs::new(m)).collect(),
+            dependencies: Vec::new(),
             status: 0,
             interrupt_status: 0,
             config_generation: 0,
         }
+    }
+
+    /// Declare feature dependencies: for each `(bit, mask)`, a driver that acks `bit` must
+    /// also ack at least one feature of `mask`, or FEATURES_OK is refused.
+    pub fn with_dependencies(mut self, deps: &[(u32, u64)]) -> Self {
+        self.dependencies = deps.to_vec();
+        self
+    }
+
+    fn dependencies_met(&self) -> bool {
+        self.dependencies.iter().all(|&(b, mask)| {
+            b >= 64 || self.acked_features & (1u64 << b) == 0 || self.acked_features & mask != 0
+        })
     }
 
     /// Return every register to its power-on value.
@@ -278,7 +294,8 @@ impl MmioTransport {
             let ok = old & VIRTIO_CONFIG_S_DRIVER != 0
                 && !self.acked_beyond_64
                 && self.acked_features & !self.avail_features == 0
-                && self.acked_features & (1u64 << VIRTIO_F_VERSION_1) != 0;
+                && self.acked_features & (1u64 << VIRTIO_F_VERSION_1) != 0
+                && self.dependencies_met();
             if !ok {
                 status &= !VIRTIO_CONFIG_S_FEATURES_OK;
             }
@@ -396,6 +413,26 @@ mod tests {
         // Clearing bits is ignored.
         wr(&mut t, VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
         assert!(t.driver_ok());
+    }
+
+    #[test]
+    fn feature_dependencies_are_enforced() {
+        let mut t = MmioTransport::new(1, FEATS, &[256]).with_dependencies(&[(2, 0b1)]);
+        let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
+        wr(&mut t, VIRTIO_MMIO_STATUS, s);
+        wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 0b100);
+        wr(&mut t, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_FEATURES_OK);
+        assert_eq!(
+            rd(&t, VIRTIO_MMIO_STATUS),
+            s,
+            "bit 2 without bit 0 accepted"
+        );
+        wr(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 0b101);
+        wr(&mut t, VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_FEATURES_OK);
+        assert_eq!(rd(&t, VIRTIO_MMIO_STATUS), s | VIRTIO_CONFIG_S_FEATURES_OK);
     }
 
     #[test]

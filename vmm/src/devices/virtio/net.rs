@@ -19,7 +19,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_bindings::virtio_net::*;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -47,6 +47,8 @@ pub const MAX_TX_CHAIN_LEN: u64 = 65562;
 const RX_FRAME_BUF_LEN: usize = VNET_HDR_LEN + 65536 + 256;
 /// Minimum frame read from the backend: header plus an Ethernet header.
 const MIN_RX_FRAME_LEN: usize = VNET_HDR_LEN + 14;
+/// Consecutive read errors after which the backend is considered dead.
+const MAX_READ_ERRORS: u32 = 64;
 /// Frames handled per event before yielding to the event loop.
 const BUDGET: usize = 128;
 
@@ -68,6 +70,24 @@ pub enum VirtioError {
     #[error("cannot create eventfd")]
     EventFd(#[source] io::Error),
 }
+
+/// Feature dependencies of virtio-net (virtio 1.2, 5.1.3.1).
+const FEATURE_DEPENDENCIES: [(u32, u64); 8] = [
+    (VIRTIO_NET_F_GUEST_TSO4, 1 << VIRTIO_NET_F_GUEST_CSUM),
+    (VIRTIO_NET_F_GUEST_TSO6, 1 << VIRTIO_NET_F_GUEST_CSUM),
+    (VIRTIO_NET_F_GUEST_UFO, 1 << VIRTIO_NET_F_GUEST_CSUM),
+    (
+        VIRTIO_NET_F_GUEST_ECN,
+        (1 << VIRTIO_NET_F_GUEST_TSO4) | (1 << VIRTIO_NET_F_GUEST_TSO6),
+    ),
+    (VIRTIO_NET_F_HOST_TSO4, 1 << VIRTIO_NET_F_CSUM),
+    (VIRTIO_NET_F_HOST_TSO6, 1 << VIRTIO_NET_F_CSUM),
+    (VIRTIO_NET_F_HOST_UFO, 1 << VIRTIO_NET_F_CSUM),
+    (
+        VIRTIO_NET_F_HOST_ECN,
+        (1 << VIRTIO_NET_F_HOST_TSO4) | (1 << VIRTIO_NET_F_HOST_TSO6),
+    ),
+];
 
 /// Outcome of trying to hand the pending backend frame to the guest.
 enum Rx {
@@ -96,6 +116,9 @@ pub struct VirtioMmioNet {
     registered: bool,
     backend_interest: EventSet,
     backend_dead: bool,
+    /// Consecutive backend read errors; past [`MAX_READ_ERRORS`] the backend is dropped
+    /// from the event loop so a permanently failing fd cannot spin it.
+    read_errors: u32,
     rx_blocked: bool,
     tx_blocked: bool,
     rx_frame: Vec<u8>,
@@ -168,7 +191,8 @@ impl VirtioMmioNet {
                 VIRTIO_ID_NET,
                 features,
                 &[QUEUE_MAX_SIZE, QUEUE_MAX_SIZE],
-            ),
+            )
+            .with_dependencies(&FEATURE_DEPENDENCIES),
             mem,
             irq,
             backend,
@@ -182,6 +206,7 @@ impl VirtioMmioNet {
             registered: false,
             backend_interest: EventSet::empty(),
             backend_dead: false,
+            read_errors: 0,
             rx_blocked: false,
             tx_blocked: false,
             rx_frame: vec![0u8; RX_FRAME_BUF_LEN],
@@ -364,6 +389,7 @@ impl VirtioMmioNet {
             }
             self.backend_interest = EventSet::empty();
             self.backend_dead = false;
+            self.read_errors = 0;
             self.registered = true;
         } else if !self.active && self.registered {
             for (e, tag) in [
@@ -388,6 +414,10 @@ impl VirtioMmioNet {
         if !self.registered || self.backend_dead {
             return;
         }
+        if self.read_errors >= MAX_READ_ERRORS {
+            self.remove_backend(ops);
+            return;
+        }
         let mut want = EventSet::empty();
         if self.can_run() {
             if !self.rx_blocked {
@@ -408,6 +438,18 @@ impl VirtioMmioNet {
         }
     }
 
+    /// Stop watching a failed backend until the next activation.
+    fn remove_backend(&mut self, ops: &mut EventOps) {
+        if !self.backend_dead {
+            let _ = ops.remove(Events::with_data(
+                &self.backend,
+                TAG_BACKEND,
+                self.backend_interest,
+            ));
+            self.backend_dead = true;
+        }
+    }
+
     /// Whether the driver published more chains than the queue holds (a broken driver).
     fn avail_overrun(q: &Queue, mem: &GuestMemoryMmap) -> bool {
         match q.avail_idx(mem, Ordering::Acquire) {
@@ -420,6 +462,19 @@ impl VirtioMmioNet {
         let Some(q) = self.queues.get_mut(queue) else {
             return;
         };
+        if !q.event_idx_enabled() {
+            // virtio-queue ignores VRING_AVAIL_F_NO_INTERRUPT; honour it (the Linux driver
+            // sets it while it polls) to spare needless interrupts.
+            let flags: Result<u16, _> = self.mem.read_obj(GuestAddress(q.avail_ring()));
+            match flags {
+                Ok(f) if u16::from_le(f) & VRING_AVAIL_F_NO_INTERRUPT as u16 != 0 => return,
+                Ok(_) => {}
+                Err(_) => {
+                    self.enter_needs_reset();
+                    return;
+                }
+            }
+        }
         match q.needs_notification(&self.mem) {
             Ok(true) => self.signal(VIRTIO_MMIO_INT_VRING),
             Ok(false) => {}
@@ -441,14 +496,19 @@ impl VirtioMmioNet {
             if self.rx_frame_len == 0 {
                 match self.backend.read(&mut self.rx_frame) {
                     Ok(n) if n < MIN_RX_FRAME_LEN => {
+                        self.read_errors = 0;
                         NetMetrics::add(&self.metrics.rx_dropped, 1);
                         continue;
                     }
-                    Ok(n) => self.rx_frame_len = n,
+                    Ok(n) => {
+                        self.read_errors = 0;
+                        self.rx_frame_len = n;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => {
                         NetMetrics::add(&self.metrics.backend_errors, 1);
+                        self.read_errors = self.read_errors.saturating_add(1);
                         break;
                     }
                 }
@@ -685,6 +745,20 @@ impl VirtioMmioNet {
     }
 }
 
+impl std::fmt::Debug for VirtioMmioNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioMmioNet")
+            .field("backend", &self.backend.name())
+            .field("mac", &self.mac)
+            .field("status", &self.transport.status())
+            .field("acked_features", &self.transport.acked_features())
+            .field("active", &self.active)
+            .field("needs_reset", &self.broken)
+            .field("metrics", &self.metrics.snapshot())
+            .finish()
+    }
+}
+
 impl BusDevice for VirtioMmioNet {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE_OFFSET {
@@ -758,12 +832,7 @@ impl MutEventSubscriber for VirtioMmioNet {
                 if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
                     // A dead backend would report these forever: stop watching it.
                     NetMetrics::add(&self.metrics.backend_errors, 1);
-                    let _ = ops.remove(Events::with_data(
-                        &self.backend,
-                        TAG_BACKEND,
-                        self.backend_interest,
-                    ));
-                    self.backend_dead = true;
+                    self.remove_backend(ops);
                     return;
                 }
                 if set.contains(EventSet::OUT) {

@@ -129,16 +129,24 @@ impl Harness {
     /// socket, registered with an event manager. The driver has not started yet.
     fn new() -> Self {
         let name = unique_ifname("vn");
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let cfg = NetConfig {
             backend: NetBackend::Tap { name: name.clone() },
             mac: Some(MacAddr([0x02, 0, 0, 0, 0x12, 0x34])),
         };
-        let dev = VirtioMmioNet::new(&cfg, mem.clone(), irq.try_clone().unwrap()).unwrap();
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        netlink::set_link_up(&name, true).unwrap();
-        let peer = PacketSocket::bind(netlink::link_index(&name).unwrap()).unwrap();
+        Self::with_config(&cfg, || {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+            netlink::set_link_up(&name, true).unwrap();
+            netlink::link_index(&name).unwrap()
+        })
+    }
+
+    /// A device built from `cfg`; `host_side` prepares the host network once the backend is
+    /// open and returns the interface index the AF_PACKET peer socket binds to.
+    fn with_config(cfg: &NetConfig, host_side: impl FnOnce() -> u32) -> Self {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let dev = VirtioMmioNet::new(cfg, mem.clone(), irq.try_clone().unwrap()).unwrap();
+        let peer = PacketSocket::bind(host_side()).unwrap();
         let dev = Arc::new(Mutex::new(dev));
         let mut em = EventManager::<Dev>::new().unwrap();
         em.add_subscriber(dev.clone());
@@ -327,6 +335,9 @@ impl Harness {
 
 #[test]
 fn config_space_and_features() {
+    if crate::net::testutil::skip_without_tap("config_space_and_features") {
+        return;
+    }
     let h = Harness::new();
     let mut mac = [0u8; 6];
     h.dev.lock().unwrap().read(0x100, &mut mac);
@@ -360,6 +371,9 @@ fn config_space_and_features() {
 
 #[test]
 fn tx_frame_reaches_the_tap_and_interrupts() {
+    if crate::net::testutil::skip_without_tap("tx_frame_reaches_the_tap_and_interrupts") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     let frame = test_frame(0x41, 600);
@@ -383,6 +397,9 @@ fn tx_frame_reaches_the_tap_and_interrupts() {
 
 #[test]
 fn notify_events_are_the_queue_eventfds() {
+    if crate::net::testutil::skip_without_tap("notify_events_are_the_queue_eventfds") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     let evts = h.dev.lock().unwrap().notify_events();
@@ -405,6 +422,9 @@ fn notify_events_are_the_queue_eventfds() {
 
 #[test]
 fn rx_frame_lands_in_guest_buffers_with_header() {
+    if crate::net::testutil::skip_without_tap("rx_frame_lands_in_guest_buffers_with_header") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.post_rx(8, 2048);
@@ -430,6 +450,9 @@ fn rx_frame_lands_in_guest_buffers_with_header() {
 
 #[test]
 fn rx_waits_for_buffers_then_delivers() {
+    if crate::net::testutil::skip_without_tap("rx_waits_for_buffers_then_delivers") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     let frame = test_frame(0x52, 300);
@@ -445,6 +468,9 @@ fn rx_waits_for_buffers_then_delivers() {
 
 #[test]
 fn mrg_rxbuf_splits_a_frame_over_several_chains() {
+    if crate::net::testutil::skip_without_tap("mrg_rxbuf_splits_a_frame_over_several_chains") {
+        return;
+    }
     let mut h = Harness::new();
     let acked = h.start(BASE_FEATURES | bit(VIRTIO_NET_F_MRG_RXBUF));
     assert_ne!(acked & bit(VIRTIO_NET_F_MRG_RXBUF), 0);
@@ -464,6 +490,9 @@ fn mrg_rxbuf_splits_a_frame_over_several_chains() {
 
 #[test]
 fn mrg_rxbuf_waits_for_enough_buffers() {
+    if crate::net::testutil::skip_without_tap("mrg_rxbuf_waits_for_enough_buffers") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_RING_F_EVENT_IDX));
     h.post_rx(2, 256);
@@ -484,6 +513,11 @@ fn mrg_rxbuf_waits_for_enough_buffers() {
 
 #[test]
 fn rx_frame_too_big_for_the_buffer_is_dropped_and_counted() {
+    if crate::net::testutil::skip_without_tap(
+        "rx_frame_too_big_for_the_buffer_is_dropped_and_counted",
+    ) {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.post_rx(1, 200);
@@ -502,6 +536,9 @@ fn rx_frame_too_big_for_the_buffer_is_dropped_and_counted() {
 
 #[test]
 fn event_idx_suppresses_interrupts_until_used_event() {
+    if crate::net::testutil::skip_without_tap("event_idx_suppresses_interrupts_until_used_event") {
+        return;
+    }
     let mut h = Harness::new();
     let acked = h.start(BASE_FEATURES | bit(VIRTIO_RING_F_EVENT_IDX));
     assert_ne!(acked & bit(VIRTIO_RING_F_EVENT_IDX), 0);
@@ -525,7 +562,37 @@ fn event_idx_suppresses_interrupts_until_used_event() {
 }
 
 #[test]
+fn no_interrupt_flag_is_honoured_without_event_idx() {
+    if crate::net::testutil::skip_without_tap("no_interrupt_flag_is_honoured_without_event_idx") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES);
+    h.irq_count();
+    h.mem
+        .write_obj(1u16.to_le(), GuestAddress(h.txq.avail))
+        .unwrap();
+    let f = test_frame(0x62, 80);
+    h.tx(TX_BUF_BASE, &f);
+    assert_eq!(
+        h.irq_count(),
+        0,
+        "interrupt despite VRING_AVAIL_F_NO_INTERRUPT"
+    );
+    h.mem
+        .write_obj(0u16.to_le(), GuestAddress(h.txq.avail))
+        .unwrap();
+    let f = test_frame(0x63, 80);
+    h.tx(TX_BUF_BASE + 0x1000, &f);
+    assert_eq!(h.irq_count(), 1);
+}
+
+#[test]
 fn reset_returns_to_initial_state_and_device_restarts() {
+    if crate::net::testutil::skip_without_tap("reset_returns_to_initial_state_and_device_restarts")
+    {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES | bit(VIRTIO_NET_F_MRG_RXBUF));
     let f = test_frame(0x70, 64);
@@ -554,6 +621,9 @@ fn reset_returns_to_initial_state_and_device_restarts() {
 
 #[test]
 fn mmio_fuzz_never_panics() {
+    if crate::net::testutil::skip_without_tap("mmio_fuzz_never_panics") {
+        return;
+    }
     let h = Harness::new();
     let mut x: u64 = 0x1234_5678_9abc_def0;
     for _ in 0..20000 {
@@ -594,6 +664,9 @@ fn assert_invalid_tx_dropped(h: &mut Harness, expect_used: u16) {
 
 #[test]
 fn tx_buffer_outside_guest_memory() {
+    if crate::net::testutil::skip_without_tap("tx_buffer_outside_guest_memory") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq.add_chain(&h.mem, &[(MEM_SIZE as u64 - 8, 64, 0)]);
@@ -608,6 +681,9 @@ fn tx_buffer_outside_guest_memory() {
 
 #[test]
 fn tx_descriptor_loop() {
+    if crate::net::testutil::skip_without_tap("tx_descriptor_loop") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     let next = VRING_DESC_F_NEXT as u16;
@@ -622,6 +698,9 @@ fn tx_descriptor_loop() {
 
 #[test]
 fn tx_chain_longer_than_queue() {
+    if crate::net::testutil::skip_without_tap("tx_chain_longer_than_queue") {
+        return;
+    }
     let mut h = Harness::new();
     h.txq = GuestQueue::new(TXQ_BASE, 8);
     h.negotiate(BASE_FEATURES);
@@ -647,6 +726,9 @@ fn tx_chain_longer_than_queue() {
 
 #[test]
 fn tx_chain_too_large() {
+    if crate::net::testutil::skip_without_tap("tx_chain_too_large") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq
@@ -658,6 +740,9 @@ fn tx_chain_too_large() {
 
 #[test]
 fn tx_lengths_that_overflow() {
+    if crate::net::testutil::skip_without_tap("tx_lengths_that_overflow") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq.add_chain(
@@ -671,6 +756,9 @@ fn tx_lengths_that_overflow() {
 
 #[test]
 fn tx_write_only_descriptor() {
+    if crate::net::testutil::skip_without_tap("tx_write_only_descriptor") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq.add_chain(
@@ -687,6 +775,9 @@ fn tx_write_only_descriptor() {
 
 #[test]
 fn tx_indirect_descriptor_not_negotiated() {
+    if crate::net::testutil::skip_without_tap("tx_indirect_descriptor_not_negotiated") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq
@@ -698,6 +789,9 @@ fn tx_indirect_descriptor_not_negotiated() {
 
 #[test]
 fn tx_chain_shorter_than_header() {
+    if crate::net::testutil::skip_without_tap("tx_chain_shorter_than_header") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq.add_chain(&h.mem, &[(TX_BUF_BASE, 4, 0)]);
@@ -708,6 +802,9 @@ fn tx_chain_shorter_than_header() {
 
 #[test]
 fn rx_read_only_descriptor_is_returned_unused() {
+    if crate::net::testutil::skip_without_tap("rx_read_only_descriptor_is_returned_unused") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     // First chain read-only (invalid for RX), then a good one.
@@ -765,6 +862,9 @@ fn start_with_tx_layout(h: &mut Harness, size: u32, desc: u64, avail: u64, used:
 
 #[test]
 fn queue_size_not_power_of_two() {
+    if crate::net::testutil::skip_without_tap("queue_size_not_power_of_two") {
+        return;
+    }
     let mut h = Harness::new();
     start_with_tx_layout(&mut h, 100, TXQ_BASE, TXQ_BASE + 0x1000, TXQ_BASE + 0x2000);
     assert_needs_reset(&mut h);
@@ -773,6 +873,9 @@ fn queue_size_not_power_of_two() {
 
 #[test]
 fn queue_size_larger_than_max() {
+    if crate::net::testutil::skip_without_tap("queue_size_larger_than_max") {
+        return;
+    }
     let mut h = Harness::new();
     start_with_tx_layout(&mut h, 512, TXQ_BASE, TXQ_BASE + 0x1000, TXQ_BASE + 0x2000);
     assert_needs_reset(&mut h);
@@ -781,6 +884,9 @@ fn queue_size_larger_than_max() {
 
 #[test]
 fn queue_size_zero() {
+    if crate::net::testutil::skip_without_tap("queue_size_zero") {
+        return;
+    }
     let mut h = Harness::new();
     start_with_tx_layout(&mut h, 0, TXQ_BASE, TXQ_BASE + 0x1000, TXQ_BASE + 0x2000);
     assert_needs_reset(&mut h);
@@ -789,6 +895,9 @@ fn queue_size_zero() {
 
 #[test]
 fn ring_outside_guest_memory() {
+    if crate::net::testutil::skip_without_tap("ring_outside_guest_memory") {
+        return;
+    }
     let mut h = Harness::new();
     let end = MEM_SIZE as u64;
     start_with_tx_layout(&mut h, 256, TXQ_BASE, TXQ_BASE + 0x1000, end - 0x100);
@@ -798,6 +907,9 @@ fn ring_outside_guest_memory() {
 
 #[test]
 fn ring_address_overflows() {
+    if crate::net::testutil::skip_without_tap("ring_address_overflows") {
+        return;
+    }
     let mut h = Harness::new();
     start_with_tx_layout(&mut h, 256, !0xfu64, TXQ_BASE + 0x1000, TXQ_BASE + 0x2000);
     assert_needs_reset(&mut h);
@@ -806,6 +918,9 @@ fn ring_address_overflows() {
 
 #[test]
 fn ring_misaligned() {
+    if crate::net::testutil::skip_without_tap("ring_misaligned") {
+        return;
+    }
     let mut h = Harness::new();
     start_with_tx_layout(
         &mut h,
@@ -820,6 +935,9 @@ fn ring_misaligned() {
 
 #[test]
 fn queue_not_ready_at_driver_ok() {
+    if crate::net::testutil::skip_without_tap("queue_not_ready_at_driver_ok") {
+        return;
+    }
     let mut h = Harness::new();
     h.negotiate(BASE_FEATURES);
     h.setup_queue(0, &h.rxq, 256);
@@ -830,6 +948,9 @@ fn queue_not_ready_at_driver_ok() {
 
 #[test]
 fn avail_index_jumps_past_queue_size() {
+    if crate::net::testutil::skip_without_tap("avail_index_jumps_past_queue_size") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.mem
@@ -844,6 +965,9 @@ fn avail_index_jumps_past_queue_size() {
 
 #[test]
 fn avail_head_index_out_of_range() {
+    if crate::net::testutil::skip_without_tap("avail_head_index_out_of_range") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.txq.push_avail(&h.mem, 4000);
@@ -855,6 +979,9 @@ fn avail_head_index_out_of_range() {
 
 #[test]
 fn rx_avail_head_index_out_of_range() {
+    if crate::net::testutil::skip_without_tap("rx_avail_head_index_out_of_range") {
+        return;
+    }
     let mut h = Harness::new();
     h.start(BASE_FEATURES);
     h.rxq.push_avail(&h.mem, 999);
@@ -867,7 +994,34 @@ fn rx_avail_head_index_out_of_range() {
 }
 
 #[test]
+fn inconsistent_offloads_are_refused() {
+    if crate::net::testutil::skip_without_tap("inconsistent_offloads_are_refused") {
+        return;
+    }
+    let h = Harness::new();
+    h.w32(VIRTIO_MMIO_STATUS, 0);
+    let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
+    h.w32(VIRTIO_MMIO_STATUS, s);
+    h.w32(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    h.w32(VIRTIO_MMIO_DRIVER_FEATURES, 1);
+    h.w32(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+    // GUEST_TSO4 without GUEST_CSUM.
+    h.w32(VIRTIO_MMIO_DRIVER_FEATURES, 1 << VIRTIO_NET_F_GUEST_TSO4);
+    h.w32(VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_FEATURES_OK);
+    assert_eq!(h.status() & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+    h.w32(
+        VIRTIO_MMIO_DRIVER_FEATURES,
+        (1 << VIRTIO_NET_F_GUEST_TSO4) | (1 << VIRTIO_NET_F_GUEST_CSUM),
+    );
+    h.w32(VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_FEATURES_OK);
+    assert_ne!(h.status() & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+}
+
+#[test]
 fn features_not_offered_are_refused() {
+    if crate::net::testutil::skip_without_tap("features_not_offered_are_refused") {
+        return;
+    }
     let h = Harness::new();
     h.w32(VIRTIO_MMIO_STATUS, 0);
     h.w32(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
@@ -882,4 +1036,494 @@ fn features_not_offered_are_refused() {
     );
     h.w32(VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_FEATURES_OK);
     assert_eq!(h.status() & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+}
+
+// ----- offloads -----
+
+/// An Ethernet + IPv4 + TCP frame with `payload` bytes of data; bytes 12..20 are unique.
+fn tcp_frame(payload: usize) -> Vec<u8> {
+    let id = test_frame(0, 20);
+    let total = 20 + 20 + payload;
+    let mut f = vec![0u8; 14 + total];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0x12, 0x34]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0x56, 0x78]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&[id[17] ^ id[18], id[19]]);
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&[198, 18, 9, 2]);
+    ip[16..20].copy_from_slice(&[198, 18, 9, 1]);
+    let mut sum: u32 = 0;
+    for c in ip.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let tcp = &mut f[34..54];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&5001u16.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    f
+}
+
+/// virtio_net_hdr for a TCPv4 GSO frame with a partial checksum.
+fn gso_hdr(gso_size: u16) -> [u8; VNET_HDR_LEN] {
+    let mut h = [0u8; VNET_HDR_LEN];
+    h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    h[1] = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+    h[2..4].copy_from_slice(&54u16.to_le_bytes()); // hdr_len
+    h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    h[6..8].copy_from_slice(&34u16.to_le_bytes()); // csum_start
+    h[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset
+    h
+}
+
+const TSO_FEATURES: u64 = BASE_FEATURES
+    | (1 << VIRTIO_NET_F_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_TSO4)
+    | (1 << VIRTIO_NET_F_HOST_TSO4);
+
+#[test]
+fn guest_tso_receives_unsegmented_gso_frames() {
+    if crate::net::testutil::skip_without_tap("guest_tso_receives_unsegmented_gso_frames") {
+        return;
+    }
+    let mut h = Harness::new();
+    let acked = h.start(TSO_FEATURES);
+    assert_eq!(acked, TSO_FEATURES);
+    h.post_rx(8, 8192);
+    h.settle();
+    // Inject a 3000-byte-payload GSO frame into the tap's transmit path with a vnet header.
+    let frame = tcp_frame(3000);
+    let vnet_sock = h.peer.with_vnet_hdr().unwrap();
+    let mut pkt = gso_hdr(1000)[..10].to_vec();
+    pkt.extend_from_slice(&frame);
+    vnet_sock.send(&pkt).unwrap();
+    let mut from = 0;
+    let (hdr, got, _) = h.wait_rx(&frame[12..20], &mut from);
+    assert_eq!(got.len(), frame.len(), "GSO frame must arrive whole");
+    assert_eq!(got[54..], frame[54..]);
+    assert_eq!(hdr[1], VIRTIO_NET_HDR_GSO_TCPV4 as u8);
+    assert_eq!(u16::from_le_bytes([hdr[4], hdr[5]]), 1000);
+    assert_ne!(hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8, 0);
+}
+
+#[test]
+fn without_guest_tso_the_backend_segments() {
+    if crate::net::testutil::skip_without_tap("without_guest_tso_the_backend_segments") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES);
+    h.post_rx(16, 2048);
+    h.settle();
+    let frame = tcp_frame(3000);
+    let vnet_sock = h.peer.with_vnet_hdr().unwrap();
+    let mut pkt = gso_hdr(1000)[..10].to_vec();
+    pkt.extend_from_slice(&frame);
+    vnet_sock.send(&pkt).unwrap();
+    // Three segments of 1000 bytes, each a complete frame with a plain header.
+    let mut from = 0;
+    let mut data = Vec::new();
+    for _ in 0..3 {
+        let (hdr, got, _) = h.wait_rx(&frame[12..14], &mut from);
+        assert_eq!(hdr[1], 0, "no GSO without GUEST_TSO4");
+        assert_eq!(got.len(), 54 + 1000);
+        data.extend_from_slice(&got[54..]);
+    }
+    assert_eq!(data, frame[54..]);
+}
+
+#[test]
+fn host_tso_sends_gso_frames_to_the_backend() {
+    if crate::net::testutil::skip_without_tap("host_tso_sends_gso_frames_to_the_backend") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(TSO_FEATURES);
+    let frame = tcp_frame(3000);
+    h.mem
+        .write_slice(&gso_hdr(1000), GuestAddress(TX_BUF_BASE))
+        .unwrap();
+    h.mem
+        .write_slice(&frame, GuestAddress(TX_BUF_BASE + 0x100))
+        .unwrap();
+    h.txq.add_chain(
+        &h.mem,
+        &[
+            (TX_BUF_BASE, 12, 0),
+            (TX_BUF_BASE + 0x100, frame.len() as u32, 0),
+        ],
+    );
+    h.kick(1);
+    assert!(h.run_until(|h| h.txq.used_idx(&h.mem) == 1));
+    let m = h.metrics();
+    assert_eq!((m.tx_frames, m.tx_dropped), (1, 0));
+    // The host sees the whole GSO frame on the tap.
+    let got = h.peer.recv_matching(&frame[12..20]).unwrap();
+    assert_eq!(got.len(), frame.len());
+}
+
+#[test]
+fn device_is_send() {
+    fn is_send<T: Send>() {}
+    is_send::<VirtioMmioNet>();
+}
+
+// ----- macvtap backend -----
+
+#[test]
+fn macvtap_backend_carries_frames_both_ways() {
+    if crate::net::testutil::skip_without_macvtap("macvtap_backend_carries_frames_both_ways") {
+        return;
+    }
+    crate::net::testutil::in_new_netns("vmv", |ns| {
+        use crate::net::testutil::ip;
+        ip(&[
+            "-n", ns, "link", "add", "vh0", "type", "veth", "peer", "name", "vp0",
+        ]);
+        for l in ["vh0", "vp0"] {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{l}/disable_ipv6"), "1");
+            ip(&["-n", ns, "link", "set", l, "up"]);
+        }
+        let mac = MacAddr([0x02, 0, 0, 0x5e, 0, 0x77]);
+        let link = crate::net::MacvtapLink::create("mvt0", "vh0", Some(mac)).unwrap();
+        let cfg = NetConfig {
+            backend: NetBackend::Macvtap {
+                link: "mvt0".into(),
+            },
+            mac: Some(mac),
+        };
+        let mut h = Harness::with_config(&cfg, || {
+            link.set_up().unwrap();
+            netlink::link_index("vp0").unwrap()
+        });
+        h.start(TSO_FEATURES | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_RING_F_EVENT_IDX));
+
+        let mut f = test_frame(0x90, 300);
+        f[6..12].copy_from_slice(&mac.0);
+        h.tx(TX_BUF_BASE, &f);
+        assert_eq!(h.peer.recv_matching(&f[12..20]).unwrap(), f);
+
+        h.post_rx(16, 2048);
+        h.settle();
+        let mut f2 = test_frame(0x91, 1200);
+        f2[0..6].copy_from_slice(&mac.0);
+        h.peer.send(&f2).unwrap();
+        let mut from = 0;
+        let (_, got, _) = h.wait_rx(&f2[12..20], &mut from);
+        assert_eq!(got, f2);
+        drop(h);
+        drop(link);
+    });
+}
+
+// ----- volume and configuration -----
+
+#[test]
+fn full_tx_ring_is_drained_across_budgets() {
+    if crate::net::testutil::skip_without_tap("full_tx_ring_is_drained_across_budgets") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES | bit(VIRTIO_RING_F_EVENT_IDX));
+    let f = test_frame(0xa0, 60);
+    for i in 0..256u64 {
+        let at = TX_BUF_BASE + i * 0x100;
+        h.mem.write_slice(&[0u8; 12], GuestAddress(at)).unwrap();
+        h.mem.write_slice(&f, GuestAddress(at + 12)).unwrap();
+        h.txq.add_chain(&h.mem, &[(at, 72, 0)]);
+    }
+    h.kick(1);
+    assert!(h.run_until(|h| h.txq.used_idx(&h.mem) == 256));
+    assert_eq!(h.metrics().tx_frames, 256);
+}
+
+#[test]
+fn rx_indices_wrap_around_the_ring() {
+    if crate::net::testutil::skip_without_tap("rx_indices_wrap_around_the_ring") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.rxq = GuestQueue::new(RXQ_BASE, 16);
+    h.negotiate(BASE_FEATURES | bit(VIRTIO_RING_F_EVENT_IDX));
+    h.setup_queue(0, &h.rxq, 16);
+    h.setup_queue(1, &h.txq, 256);
+    h.driver_ok();
+    h.post_rx(16, 2048);
+    h.settle();
+    let mut from: u16 = 0;
+    // 5 rounds of 10 frames through a 16-entry ring, recycling buffers like a driver.
+    for round in 0..5u8 {
+        let frames: Vec<Vec<u8>> = (0..10).map(|_| test_frame(0xb0 + round, 100)).collect();
+        for f in &frames {
+            h.peer.send(f).unwrap();
+        }
+        for f in &frames {
+            let (_, got, _) = h.wait_rx(&f[12..20], &mut from);
+            assert_eq!(&got, f);
+        }
+        // Give back every buffer used so far (same addresses: one per descriptor).
+        let used = h.rxq.used_idx(&h.mem);
+        let mut recycled = h.rxq.avail_idx.wrapping_sub(16);
+        while recycled != used {
+            let (id, _) = h.rxq.used_elem(&h.mem, recycled);
+            h.rxq.push_avail(&h.mem, id as u16);
+            recycled = recycled.wrapping_add(1);
+        }
+        h.kick(0);
+    }
+    assert!(h.rxq.used_idx(&h.mem) >= 50);
+    assert_eq!(h.metrics().rx_dropped, 0);
+}
+
+#[test]
+fn no_mac_configured_means_no_mac_feature() {
+    if crate::net::testutil::skip_without_tap("no_mac_configured_means_no_mac_feature") {
+        return;
+    }
+    let name = unique_ifname("vn");
+    let cfg = NetConfig {
+        backend: NetBackend::Tap { name: name.clone() },
+        mac: None,
+    };
+    let h = Harness::with_config(&cfg, || {
+        netlink::set_link_up(&name, true).unwrap();
+        netlink::link_index(&name).unwrap()
+    });
+    let f = h.dev.lock().unwrap().avail_features();
+    assert_eq!(f & bit(VIRTIO_NET_F_MAC), 0);
+    let mut mac = [0xffu8; 6];
+    h.dev.lock().unwrap().read(0x100, &mut mac);
+    assert_eq!(mac, [0; 6]);
+}
+
+#[test]
+fn missing_backend_is_a_clear_error() {
+    if crate::net::testutil::skip_without_tap("missing_backend_is_a_clear_error") {
+        return;
+    }
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let cfg = NetConfig {
+        backend: NetBackend::Macvtap {
+            link: unique_ifname("nx"),
+        },
+        mac: None,
+    };
+    let err = VirtioMmioNet::new(&cfg, mem.clone(), EventFd::new(EFD_NONBLOCK).unwrap())
+        .err()
+        .unwrap();
+    assert!(matches!(err, VirtioError::Macvtap(_)), "{err}");
+    let cfg = NetConfig {
+        backend: NetBackend::Tap {
+            name: "bad/name".into(),
+        },
+        mac: None,
+    };
+    let err = VirtioMmioNet::new(&cfg, mem, EventFd::new(EFD_NONBLOCK).unwrap())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, VirtioError::Tap(TapError::InvalidName(_))),
+        "{err}"
+    );
+}
+
+// ----- randomized hostile rings -----
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+impl Harness {
+    /// Run the event loop until nothing is immediately pending (bounded).
+    fn pump(&mut self) {
+        for _ in 0..64 {
+            if self.em.run_with_timeout(0).unwrap() == 0 {
+                return;
+            }
+        }
+    }
+}
+
+fn random_desc(h: &Harness, q: &GuestQueue, rng: &mut Rng, i: u16) {
+    let addr = match rng.below(4) {
+        0 => rng.next(),
+        1 => MEM_SIZE as u64 - rng.below(0x2000),
+        _ => TX_BUF_BASE + rng.below(0x10000),
+    };
+    let len = match rng.below(4) {
+        0 => rng.next() as u32,
+        1 => 70000 + rng.below(10000) as u32,
+        _ => rng.below(2048) as u32,
+    };
+    let flags = rng.below(8) as u16;
+    let next = if rng.below(4) == 0 {
+        rng.next() as u16
+    } else {
+        rng.below(u64::from(q.size)) as u16
+    };
+    q.write_desc(&h.mem, i, addr, len, flags, next);
+}
+
+#[test]
+fn random_hostile_rings_never_panic_or_hang() {
+    if crate::net::testutil::skip_without_tap("random_hostile_rings_never_panic_or_hang") {
+        return;
+    }
+    let mut h = Harness::new();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut resets = 0;
+    for round in 0..150u32 {
+        // A fresh driver instance on small queues.
+        h.txq = GuestQueue::new(TXQ_BASE, 16);
+        h.rxq = GuestQueue::new(RXQ_BASE, 16);
+        let features = BASE_FEATURES
+            | if round % 2 == 0 {
+                bit(VIRTIO_NET_F_MRG_RXBUF)
+            } else {
+                0
+            }
+            | if round % 3 == 0 {
+                bit(VIRTIO_RING_F_EVENT_IDX)
+            } else {
+                0
+            };
+        h.negotiate(features);
+        h.setup_queue(0, &h.rxq, 16);
+        h.setup_queue(1, &h.txq, 16);
+        h.driver_ok();
+        for q in [&h.txq, &h.rxq] {
+            for i in 0..16 {
+                random_desc(&h, q, &mut rng, i);
+            }
+        }
+        for _ in 0..rng.below(24) {
+            let head = if rng.below(8) == 0 {
+                rng.next() as u16
+            } else {
+                rng.below(16) as u16
+            };
+            if rng.below(2) == 0 {
+                h.txq.push_avail(&h.mem, head);
+            } else {
+                h.rxq.push_avail(&h.mem, head);
+            }
+        }
+        if rng.below(10) == 0 {
+            // Wild available index.
+            h.mem
+                .write_obj(rng.next() as u16, GuestAddress(h.txq.avail + 2))
+                .unwrap();
+        }
+        h.peer
+            .send(&test_frame(0xc0, 60 + rng.below(1400) as usize))
+            .unwrap();
+        h.kick(1);
+        h.kick(0);
+        h.pump();
+        let status = h.status();
+        if status & VIRTIO_CONFIG_S_NEEDS_RESET != 0 {
+            resets += 1;
+        } else {
+            // Whatever was returned names a real descriptor and a sane length.
+            for q in [&h.txq, &h.rxq] {
+                let used = q.used_idx(&h.mem);
+                let avail: u16 = h.mem.read_obj(GuestAddress(q.avail + 2)).unwrap();
+                assert!(used <= avail, "used {used} > avail {avail}");
+                for k in 0..used.min(16) {
+                    let (id, len) = q.used_elem(&h.mem, k);
+                    assert!(id < 16, "used id {id}");
+                    assert!(len as usize <= RX_FRAME_BUF_LEN, "used len {len}");
+                }
+            }
+        }
+        // Clean the rings for the next round.
+        h.w32(VIRTIO_MMIO_STATUS, 0);
+        h.pump();
+        for base in [TXQ_BASE, RXQ_BASE] {
+            h.mem
+                .write_slice(&[0u8; 0x3000], GuestAddress(base))
+                .unwrap();
+        }
+    }
+    // The rounds above must have hit both outcomes.
+    let m = h.metrics();
+    println!("hostile rounds: {resets} needed reset; {m:?}");
+    assert!(resets > 0 && resets < 150, "resets {resets}");
+    assert!(m.invalid_descriptors > 0);
+    // And the device still works for a well-behaved driver.
+    h.txq = GuestQueue::new(TXQ_BASE, 256);
+    h.rxq = GuestQueue::new(RXQ_BASE, 256);
+    h.start(BASE_FEATURES);
+    assert_tx_works(&mut h, TX_BUF_BASE + 0x3_0000);
+}
+
+#[test]
+fn failed_status_stops_the_device() {
+    if crate::net::testutil::skip_without_tap("failed_status_stops_the_device") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES);
+    let s = h.status();
+    h.w32(VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_FAILED);
+    assert_ne!(h.status() & VIRTIO_CONFIG_S_FAILED, 0);
+    h.settle();
+    h.txq.add_chain(&h.mem, &[(TX_BUF_BASE, 100, 0)]);
+    h.kick(1);
+    h.settle();
+    assert_eq!(
+        h.txq.used_idx(&h.mem),
+        0,
+        "a failed device must not touch the rings"
+    );
+    assert_eq!(h.metrics().tx_frames, 0);
+    // Reset brings it back.
+    assert_recovers(&mut h);
+}
+
+#[test]
+fn rx_interrupts_follow_used_event() {
+    if crate::net::testutil::skip_without_tap("rx_interrupts_follow_used_event") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES | bit(VIRTIO_RING_F_EVENT_IDX));
+    h.post_rx(8, 2048);
+    h.settle();
+    h.irq_count();
+    // No interrupt wanted before the second used entry.
+    h.rxq.set_used_event(&h.mem, 1);
+    let f1 = test_frame(0xd0, 100);
+    h.peer.send(&f1).unwrap();
+    let mut from = 0;
+    h.wait_rx(&f1[12..20], &mut from);
+    assert_eq!(h.irq_count(), 0, "interrupt before used_event was passed");
+    let f2 = test_frame(0xd1, 100);
+    h.peer.send(&f2).unwrap();
+    h.wait_rx(&f2[12..20], &mut from);
+    assert_eq!(h.irq_count(), 1);
 }
