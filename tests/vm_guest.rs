@@ -24,6 +24,8 @@ fn debug_exit_code_is_the_exit_status() {
     };
     assert_eq!(run_guest(&g, "exit=7", &[]).code(), 7);
     assert_eq!(run_guest(&g, "exit=42", &["--memory", "64M"]).code(), 42);
+    // A non-zero status never wraps to success.
+    assert_eq!(run_guest(&g, "exit=256", &[]).code(), 255);
 }
 
 #[test]

@@ -16,7 +16,7 @@ const EXIT_TIMEOUT: u8 = 124;
 const AFTER_HELP: &str = "\
 Exit status:
   0    the guest shut down (i8042 reset, e.g. Linux `reboot`)
-  N    the guest wrote N to the debug-exit port 0xf4 (N mod 256)
+  N    the guest wrote N to the debug-exit port 0xf4 (values above 255 give 255)
   1    VMM error (the error chain is printed on stderr)
   124  --timeout passed
   125  the guest crashed (triple fault, KVM internal error, failed entry)
@@ -176,7 +176,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(VmExit::Shutdown) | Ok(VmExit::Stopped) => ExitCode::SUCCESS,
-        Ok(VmExit::DebugExit(code)) => ExitCode::from((code & 0xff) as u8),
+        Ok(VmExit::DebugExit(code)) => ExitCode::from(code.min(255) as u8),
         Ok(VmExit::Timeout) => {
             eprintln!("vessel-vm: timeout: the guest was stopped ({})", rips());
             ExitCode::from(EXIT_TIMEOUT)
