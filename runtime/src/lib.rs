@@ -5,6 +5,7 @@
 mod test_util;
 
 pub mod capabilities;
+pub mod cgroups;
 pub mod criu;
 pub mod hooks;
 pub mod idmap;
