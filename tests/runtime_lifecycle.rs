@@ -389,3 +389,34 @@ fn spec_writes_a_runnable_default_and_features_describe_the_build() {
     let out = env.vessel(&["--version"]);
     assert!(stdout(&out).starts_with("vessel "), "{}", stdout(&out));
 }
+
+#[test]
+fn force_delete_of_a_frozen_container() {
+    let Some(env) = setup("force_delete_of_a_frozen_container") else {
+        return;
+    };
+    let id = common::unique_id("frozen");
+    env.write_config(&env.config_with_args(&["sleep", "1000"]));
+    let out = env.vessel_b("run", &["--detach"], &id);
+    assert!(out.status.success(), "run -d: {}", stderr(&out));
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    // Freeze it through its v1 freezer cgroup, as `pause` would.
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let Some(path) = cg
+        .lines()
+        .find_map(|l| l.split_once(":freezer:").map(|(_, p)| p.to_string()))
+    else {
+        common::skip(
+            "force_delete_of_a_frozen_container",
+            "no v1 freezer hierarchy",
+        );
+        return;
+    };
+    let state = format!("/sys/fs/cgroup/freezer{path}/freezer.state");
+    std::fs::write(&state, "FROZEN").unwrap();
+    let out = env.vessel(&["delete", "--force", &id]);
+    assert!(out.status.success(), "delete: {}", stderr(&out));
+    assert!(wait_gone(pid));
+    assert!(!env.state_dir(&id).exists());
+    assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+}
