@@ -25,14 +25,16 @@
 //!   the filesystems a container spec normally uses (proc, sysfs, tmpfs,
 //!   devpts, mqueue, cgroup, cgroup2, bind); other filesystems get every
 //!   non-generic option as data;
-//! - id-mapped mounts (`idmap`, `ridmap`, `uidMappings`) are refused with a
-//!   clear error: the kernel only lets the initial user namespace idmap a
-//!   host filesystem, so they must be created by the parent and handed in;
+//! - id-mapped mounts (`idmap`, `ridmap`, `uidMappings`) are built by the
+//!   runtime's parent with [`prepare_idmapped`] (the kernel only lets the
+//!   initial user namespace idmap a host filesystem) and attached by
+//!   [`prepare_with`];
 //! - runc's `tmpcopyup` extension copies owner and mode, not timestamps.
 
 mod copyup;
 mod devices;
 mod error;
+mod idmap;
 mod mountinfo;
 mod mounts;
 mod options;
@@ -55,6 +57,7 @@ use nix::sys::stat::Mode;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 pub use error::RootfsError;
+pub use idmap::{prepare_idmapped, PreparedMount};
 pub use sysctl::apply_sysctl;
 pub use validate::{root_path, validate};
 
@@ -91,6 +94,18 @@ pub struct Options {
 /// can make /proc/sys read-only); calling [`apply_sysctl`] afterwards is
 /// harmless but unnecessary.
 pub fn prepare(spec: &Spec, rootfs: &Path, opts: &Options) -> Result<(), RootfsError> {
+    prepare_with(spec, rootfs, opts, Vec::new())
+}
+
+/// [`prepare`] with the ID-mapped mounts the parent built with
+/// [`prepare_idmapped`] (required when a mount uses `idmap`/`ridmap` or
+/// `uidMappings`; each is attached in place of cloning its source).
+pub fn prepare_with(
+    spec: &Spec,
+    rootfs: &Path,
+    opts: &Options,
+    premounted: Vec<PreparedMount>,
+) -> Result<(), RootfsError> {
     if !rootfs.is_absolute() {
         return Err(RootfsError::RootPath {
             path: rootfs.to_path_buf(),
@@ -177,6 +192,7 @@ pub fn prepare(spec: &Spec, rootfs: &Path, opts: &Options) -> Result<(), RootfsE
         rootfs,
         cgroupns,
         mountinfo: table,
+        premounted,
     };
     for (i, m) in spec_mounts.iter().enumerate() {
         mounts::mount_entry(&mut ctx, i, m)?;

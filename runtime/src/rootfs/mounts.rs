@@ -21,6 +21,7 @@ use oci_spec::runtime::Mount;
 
 use super::copyup;
 use super::error::RootfsError;
+use super::idmap::PreparedMount;
 use super::mountinfo::{self, MountEntry};
 use super::options::{self, Kind, Parsed};
 use super::resolve::{ensure_in_root, open_in_root, Want};
@@ -36,6 +37,8 @@ pub(crate) struct Ctx<'a> {
     pub cgroupns: bool,
     /// Host mount table, read at most once and only when needed.
     pub mountinfo: Option<Vec<MountEntry>>,
+    /// ID-mapped trees built by the parent (see `idmap`).
+    pub premounted: Vec<PreparedMount>,
 }
 
 impl Ctx<'_> {
@@ -89,7 +92,7 @@ pub(crate) fn mount_entry(ctx: &mut Ctx<'_>, index: usize, m: &Mount) -> Result<
                 dest: &dest,
                 fstype: "bind",
             };
-            bind(ctx, m, &dest, &parsed, *recursive, &e)
+            bind(ctx, index, m, &dest, &parsed, *recursive, &e)
         }
         Kind::Cgroup => {
             let e = MountErr {
@@ -158,6 +161,7 @@ fn apply_propagation(fd: BorrowedFd<'_>, p: &Parsed, e: &MountErr<'_>) -> Result
 
 fn bind(
     ctx: &mut Ctx<'_>,
+    index: usize,
     m: &Mount,
     dest: &Path,
     p: &Parsed,
@@ -169,7 +173,17 @@ fn bind(
         .as_deref()
         .ok_or(Errno::EINVAL)
         .map_err(e.at("bind mount needs a source"))?;
-    let tree = clone_tree(source, recursive).map_err(e.at("open_tree (source)"))?;
+    let tree = if p.idmap.is_some() {
+        let pos = ctx
+            .premounted
+            .iter()
+            .position(|pm| pm.index == index)
+            .ok_or(Errno::EINVAL)
+            .map_err(e.at("ID-mapped mount not prepared by the parent (prepare_idmapped)"))?;
+        ctx.premounted.swap_remove(pos).fd
+    } else {
+        clone_tree(source, recursive).map_err(e.at("open_tree (source)"))?
+    };
     let want = if is_dir(tree.as_fd()).map_err(e.at("stat source"))? {
         Want::Dir
     } else {

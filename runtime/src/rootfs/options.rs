@@ -39,6 +39,9 @@ pub(crate) struct Parsed {
     pub data: Vec<String>,
     /// runc's `tmpcopyup`: fill a new tmpfs with what it covers.
     pub tmpcopyup: bool,
+    /// ID-mapped bind: `Some(recursive)` for `idmap` / `ridmap` (or mappings
+    /// given without either option).
+    pub idmap: Option<bool>,
 }
 
 impl Parsed {
@@ -304,6 +307,7 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
     let mut rec_attr = MountAttr::default();
     let mut rest: Vec<&str> = Vec::new();
     let mut tmpcopyup = false;
+    let mut idmap: Option<bool> = None;
 
     for opt in m.options().as_deref().unwrap_or(&[]) {
         let opt = opt.as_str();
@@ -332,19 +336,24 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
                 rec_attr.clr |= libc::MOUNT_ATTR__ATIME;
             }
             None => match opt {
-                "idmap" | "ridmap" => {
-                    return Err(format!(
-                        "option {opt:?}: id-mapped mounts are not supported"
-                    ))
-                }
+                "idmap" => idmap = Some(idmap.unwrap_or(false)),
+                "ridmap" => idmap = Some(true),
                 "tmpcopyup" => tmpcopyup = true,
                 "" => return Err("empty mount option".to_string()),
                 _ => rest.push(opt),
             },
         }
     }
-    if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
-        return Err("uidMappings/gidMappings (id-mapped mounts) are not supported".to_string());
+    let has_maps = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        m.as_ref().is_some_and(|v| !v.is_empty())
+    };
+    match (has_maps(m.uid_mappings()), has_maps(m.gid_mappings())) {
+        (true, true) => idmap = Some(idmap.unwrap_or(false)),
+        (false, false) if idmap.is_some() => {
+            return Err("idmap/ridmap needs both uidMappings and gidMappings".to_string())
+        }
+        (false, false) => {}
+        _ => return Err("uidMappings and gidMappings must be given together".to_string()),
     }
 
     let kind = if bind.is_some() || typ == "bind" {
@@ -360,6 +369,9 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
         }
     };
 
+    if idmap.is_some() && !matches!(kind, Kind::Bind { .. }) {
+        return Err("ID-mapped mounts are only supported for bind mounts".to_string());
+    }
     if tmpcopyup && kind != Kind::Fs("tmpfs".into()) {
         return Err("option \"tmpcopyup\" is only valid for tmpfs".to_string());
     }
@@ -414,6 +426,7 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
         rec_attr,
         data,
         tmpcopyup,
+        idmap,
     })
 }
 
