@@ -69,6 +69,7 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts -o ptmxmode=0666 devpts /dev/pts
 mount -t tmpfs shm /dev/shm
 mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
 mkdir -p /sys/fs/cgroup
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
@@ -156,12 +157,16 @@ impl Guest {
         let mut s = String::from("#!/bin/sh\n");
         s.push_str(SETUP);
         for m in &self.modules {
-            s.push_str(&format!("insmod /lib/modules/{m} || echo \"insmod {m} failed\"\n"));
+            s.push_str(&format!(
+                "insmod /lib/modules/{m} || echo \"insmod {m} failed\"\n"
+            ));
         }
         s.push_str("echo VESSEL-GUEST-START\n");
         // A subshell, so that `exit` in the script ends the script, not init.
         s.push_str(&format!("run() (\n{}\n)\n", self.script));
-        s.push_str(&format!("export {IN_GUEST_ENV}=1 RUST_BACKTRACE=1\nrun 2>&1\n"));
+        s.push_str(&format!(
+            "export {IN_GUEST_ENV}=1 RUST_BACKTRACE=1\nrun 2>&1\n"
+        ));
         s.push_str("echo \"VESSEL-GUEST-EXIT=$?\"\npoweroff -f\n");
         s
     }
