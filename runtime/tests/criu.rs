@@ -609,7 +609,8 @@ fn pre_dump_then_dump_writes_fewer_pages() {
     // Read by criu_tests_in_qemu_guest (the guest runs this with --nocapture).
     tree.reap_after_dump(&members);
     // The counter dirties one page per tick: the final dump writes those (at most the
-    // whole area), plus the stack and data pages it touches anyway.
+    // whole area), plus the stack and data pages it touches anyway. Where the area is
+    // backed by a transparent huge page, soft-dirty tracks the whole 2 MiB (512 pages).
     let at_dump = tree.count();
     println!(
         "{FIGURES} full_dump_pages={} pre_dump_pages={} final_dump_pages={} final_skipped_parent={} ticks_since_pre_dump={}",
