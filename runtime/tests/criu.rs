@@ -16,10 +16,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
+use qemu_guest::Guest;
 use vessel_runtime::criu::{
     external_mounts, tty_external_key, CgroupMode, Criu, CriuError, DumpOptions, ExternalMount,
     ExternalMountRecord, InheritFd, NetworkLock, RestoreOptions,
 };
+
+#[path = "support/qemu_guest.rs"]
+mod qemu_guest;
 
 /// Record a skipped test (same convention as tests/common of the facade crate).
 fn skip(test: &str, reason: &str) {
@@ -550,6 +554,11 @@ fn open_files_socketpair_and_child_survive_restore() {
     assert!(next > at_dump && echoed > at_dump);
 }
 
+/// MiB the pre-dump test's counter touches (small: under TCG in the guest every page counts).
+const PRE_DUMP_MIB: usize = 8;
+/// Marks the pre-dump test's figures line.
+const FIGURES: &str = "VESSEL-CRIU-FIGURES";
+
 #[test]
 fn pre_dump_then_dump_writes_fewer_pages() {
     let criu = criu_or_skip!("pre_dump_then_dump_writes_fewer_pages");
@@ -566,7 +575,7 @@ fn pre_dump_then_dump_writes_fewer_pages() {
     let mut tree = spawn_tree(
         dir.path(),
         Shape {
-            mem_mib: 16,
+            mem_mib: PRE_DUMP_MIB,
             ..Shape::default()
         },
     );
@@ -575,16 +584,17 @@ fn pre_dump_then_dump_writes_fewer_pages() {
     let mut opts = DumpOptions::new(tree.root, &full);
     opts.leave_running = true;
     let full_stats = criu.dump(&opts).unwrap().stats.unwrap();
-    assert!(full_stats.pages_written >= 4096, "{full_stats:?}");
+    let touched = PRE_DUMP_MIB as u64 * 256; // 4 KiB pages
+    assert!(full_stats.pages_written >= touched, "{full_stats:?}");
 
     let pre_stats = criu
         .pre_dump(&DumpOptions::new(tree.root, &pre))
         .unwrap()
         .stats
         .unwrap();
-    assert!(pre_stats.pages_written >= 4096, "{pre_stats:?}");
-    let c = tree.count();
-    tree.wait_count(|n| n > c, "count after pre-dump");
+    assert!(pre_stats.pages_written >= touched, "{pre_stats:?}");
+    let at_pre_dump = tree.count();
+    tree.wait_count(|n| n > at_pre_dump, "count after pre-dump");
 
     let members = session_members(tree.root);
     let mut opts = DumpOptions::new(tree.root, &last);
@@ -596,10 +606,22 @@ fn pre_dump_then_dump_writes_fewer_pages() {
         "incremental {last_stats:?} vs full {full_stats:?}"
     );
     assert!(last_stats.pages_skipped_parent > 0, "{last_stats:?}");
+    // Read by criu_tests_in_qemu_guest (the guest runs this with --nocapture).
     tree.reap_after_dump(&members);
+    // The counter dirties one page per tick: the final dump writes those (at most the
+    // whole area), plus the stack and data pages it touches anyway. Where the area is
+    // backed by a transparent huge page, soft-dirty tracks the whole 2 MiB (512 pages).
+    let at_dump = tree.count();
+    println!(
+        "{FIGURES} full_dump_pages={} pre_dump_pages={} final_dump_pages={} final_skipped_parent={} ticks_since_pre_dump={}",
+        full_stats.pages_written,
+        pre_stats.pages_written,
+        last_stats.pages_written,
+        last_stats.pages_skipped_parent,
+        at_dump.saturating_sub(at_pre_dump),
+    );
 
     // The chain restores.
-    let at_dump = tree.count();
     let restored = criu.restore(RestoreOptions::new(&last)).unwrap();
     tree.restored(restored.pid, restored.is_child);
     let next = tree.wait_count(|c| c != at_dump, "count after restore");
@@ -1272,6 +1294,10 @@ fn feature_check_answers() {
     // which case /proc/PID/pagemap entries carry bit 55 for freshly written pages.
     let soft_dirty = soft_dirty_works();
     assert_eq!(f.mem_track, soft_dirty, "{f:?}");
+    if qemu_guest::in_guest() {
+        // The guest kernel is built with CONFIG_MEM_SOFT_DIRTY (checked before booting it).
+        assert!(f.mem_track, "{f:?}");
+    }
 }
 
 /// Whether a page this process just wrote shows the soft-dirty bit (55) in pagemap.
@@ -1502,4 +1528,104 @@ fn criu_timings() {
             f64::from(rs.restore_time_us) / 1e3,
         );
     }
+}
+
+/// The tests `criu_tests_in_qemu_guest` runs inside the guest: the memory-tracking ones
+/// (this host's kernel lacks CONFIG_MEM_SOFT_DIRTY) and plain dump/restore paths as a
+/// baseline for the guest's CRIU setup. Every CRIU call costs seconds under TCG, so the
+/// list is short: `criu check` runs in the guest's script anyway (and fails the run), the
+/// pre-dump test also covers `leave_running`; tests needing iptables, a v1 freezer or a
+/// terminal stay on the host.
+const GUEST_TESTS: &[&str] = &[
+    "feature_check_answers",
+    "dump_kills_tree_and_restore_continues_counting",
+    "open_files_socketpair_and_child_survive_restore",
+    "pre_dump_then_dump_writes_fewer_pages",
+    "dump_streams_pages_to_a_page_server",
+];
+
+/// Kernel modules CRIU needs that the cloud kernel builds as modules, in load order:
+/// sock_diag for unix/inet/netlink/packet sockets, and what its start-up feature probe
+/// (kerndat) tries: tun, veth and nf_tables (libnftables must be able to talk to it).
+const GUEST_MODULES: &[&str] = &[
+    "kernel/drivers/net/tun.ko",
+    "kernel/drivers/net/veth.ko",
+    "kernel/net/netfilter/nfnetlink.ko",
+    "kernel/lib/libcrc32c.ko",
+    "kernel/net/netfilter/nf_tables.ko",
+    "kernel/net/unix/unix_diag.ko",
+    "kernel/net/ipv4/inet_diag.ko",
+    "kernel/net/ipv4/tcp_diag.ko",
+    "kernel/net/ipv4/udp_diag.ko",
+    "kernel/net/ipv4/raw_diag.ko",
+    "kernel/net/netlink/netlink_diag.ko",
+    "kernel/net/packet/af_packet_diag.ko",
+];
+
+/// Boots Debian's cloud kernel (which tracks dirty pages) in qemu with the fixture's CRIU
+/// and this test binary, and runs [`GUEST_TESTS`] there; passes only if all of them passed
+/// in the guest. Prints the incremental-dump figures the guest measured.
+#[test]
+fn criu_tests_in_qemu_guest() {
+    const NAME: &str = "criu_tests_in_qemu_guest";
+    if qemu_guest::in_guest() {
+        return; // we are the guest: GUEST_TESTS run instead
+    }
+    let kernel = match qemu_guest::kernel() {
+        Ok(k) => k,
+        Err(reason) => return skip(NAME, &reason),
+    };
+    if !qemu_guest::kernel_has("MEM_SOFT_DIRTY") || !qemu_guest::kernel_has("CHECKPOINT_RESTORE") {
+        return skip(
+            NAME,
+            "guest kernel lacks CONFIG_MEM_SOFT_DIRTY or CONFIG_CHECKPOINT_RESTORE",
+        );
+    }
+    // The host's fixture run builds (and checks) the CRIU tree the guest gets.
+    let wrapper = match criu() {
+        Ok(c) => c.path().to_path_buf(),
+        Err(reason) => return skip(NAME, &reason),
+    };
+    let dir = wrapper.parent().unwrap();
+    let root = dir.join("root");
+    let script = format!(
+        "/fixtures/criu/criu check || exit 1\n\
+         echo guest > /fixtures/criu/check-ok # what fixtures/criu.sh stamps after a check\n\
+         export VESSEL_FIXTURES=/fixtures\n\
+         /bin/vessel-criu-tests --exact --test-threads=1 --nocapture {}",
+        GUEST_TESTS.join(" ")
+    );
+    let mut guest = Guest::new(&script)
+        .binary(&std::env::current_exe().unwrap(), "vessel-criu-tests")
+        .copy(&wrapper, "/fixtures/criu/criu")
+        .memory("768M")
+        .append("cgroup_no_v1=all");
+    // criu runs under its own loader from these; the rest of the tree (docs) stays out.
+    for sub in ["usr/sbin", "usr/lib", "usr/lib64"] {
+        guest = guest.copy(&root.join(sub), &format!("/fixtures/criu/root/{sub}"));
+    }
+    for m in GUEST_MODULES {
+        guest = guest.module(m);
+    }
+    let run = guest.run(&kernel);
+    run.assert_ok("CRIU tests");
+    assert_eq!(
+        run.passed() as usize,
+        GUEST_TESTS.len(),
+        "every guest test ran"
+    );
+    let figures = run
+        .lines
+        .iter()
+        .find_map(|l| l.split_once(FIGURES).map(|(_, f)| f.trim().to_string()))
+        .expect("the guest's pre-dump test printed its figures");
+    let value = |key: &str| -> u64 {
+        figures
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("{key} missing in {figures}"))
+    };
+    let (full, last) = (value("full_dump_pages"), value("final_dump_pages"));
+    println!("CRIU in the guest: {figures}");
+    assert!(last < full, "{figures}");
 }
