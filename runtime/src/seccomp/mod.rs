@@ -90,16 +90,6 @@ pub enum SeccompError {
         /// The index given.
         index: usize,
     },
-    /// Two unconditional rules give one syscall different actions.
-    #[error("syscall {name}: conflicting rules without args: {first} and {second}")]
-    ConflictingRules {
-        /// The syscall name.
-        name: String,
-        /// First action (with errno data).
-        first: String,
-        /// Second action.
-        second: String,
-    },
     /// `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` without any `SCMP_ACT_NOTIFY` rule.
     #[error("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV needs at least one SCMP_ACT_NOTIFY rule")]
     WaitKillableWithoutNotify,
@@ -268,16 +258,11 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
                 uncond: None,
             });
             if conditions.is_empty() {
-                match entry.uncond {
-                    Some(prev) if prev != ret => {
-                        return Err(SeccompError::ConflictingRules {
-                            name: name.clone(),
-                            first: describe_ret(prev),
-                            second: describe_ret(ret),
-                        })
-                    }
-                    _ => entry.uncond = Some(ret),
-                }
+                // Several unconditional rules for one syscall: the first one wins and the
+                // later ones are ignored, as with libseccomp (runc and crun behave so, and
+                // podman's generated profiles rely on it, e.g. `setns` both allowed and,
+                // without CAP_SYS_ADMIN, denied).
+                entry.uncond.get_or_insert(ret);
             } else if split_conditions {
                 for c in &conditions {
                     entry.rules.push(CondRule {
