@@ -393,22 +393,6 @@ fn action_ret(
     })
 }
 
-/// Human-readable form of a seccomp return value, for error messages.
-fn describe_ret(ret: u32) -> String {
-    let data = ret & libc::SECCOMP_RET_DATA;
-    match ret & libc::SECCOMP_RET_ACTION_FULL {
-        libc::SECCOMP_RET_KILL_PROCESS => "SCMP_ACT_KILL_PROCESS".into(),
-        libc::SECCOMP_RET_KILL_THREAD => "SCMP_ACT_KILL_THREAD".into(),
-        libc::SECCOMP_RET_TRAP => "SCMP_ACT_TRAP".into(),
-        libc::SECCOMP_RET_ERRNO => format!("SCMP_ACT_ERRNO({data})"),
-        libc::SECCOMP_RET_USER_NOTIF => "SCMP_ACT_NOTIFY".into(),
-        libc::SECCOMP_RET_TRACE => format!("SCMP_ACT_TRACE({data})"),
-        libc::SECCOMP_RET_LOG => "SCMP_ACT_LOG".into(),
-        libc::SECCOMP_RET_ALLOW => "SCMP_ACT_ALLOW".into(),
-        other => format!("{other:#x}"),
-    }
-}
-
 impl Filter {
     /// Installs the filter on the calling thread (all threads with
     /// `SECCOMP_FILTER_FLAG_TSYNC`) with seccomp(2).
