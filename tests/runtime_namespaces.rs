@@ -215,3 +215,31 @@ fn failing_create_hook_fails_create_and_cleans_up() {
     assert!(!env.state_dir(&id).exists());
     assert!(cgroup_dirs(&id).is_empty());
 }
+
+#[test]
+fn cgroup_namespace_is_rooted_at_the_containers_cgroup() {
+    let Some(env) = setup("cgroup_namespace_is_rooted_at_the_containers_cgroup") else {
+        return;
+    };
+    let id = common::unique_id("cgns");
+    let mut cfg = env.config_with_args(&[
+        "sh",
+        "-c",
+        "cat /proc/self/cgroup; echo limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)",
+    ]);
+    cfg["linux"]["resources"]["memory"] = json!({"limit": 64 * 1024 * 1024});
+    env.write_config(&cfg);
+    let out = env.vessel_b("run", &[], &id);
+    assert!(out.status.success(), "run: {}", stderr(&out));
+    let text = stdout(&out);
+    // Every hierarchy the container is in shows it at the namespace's root, so the host's
+    // cgroup paths stay hidden, and the cgroup mount is the container's own cgroup.
+    for line in text.lines().filter(|l| !l.starts_with("limit=")) {
+        let path = line.splitn(3, ':').nth(2).unwrap_or("?");
+        if line.contains("name=systemd") {
+            continue; // not managed by vessel: the caller's own
+        }
+        assert_eq!(path, "/", "cgroup line {line:?} in\n{text}");
+    }
+    assert!(text.contains("limit=67108864"), "{text}");
+}

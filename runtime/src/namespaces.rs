@@ -154,6 +154,11 @@ impl NamespacePlan {
                     ))
                 }
                 (None, _) if user_joined => plan.unshare_flags |= clone_flag(kind),
+                // A new cgroup namespace is unshared by the init after the parent has put
+                // it into its cgroup (`Go`), so that cgroup becomes the namespace's root,
+                // as with runc; cloned at once, the root would be the caller's cgroup and
+                // the container would see the host's hierarchy.
+                (None, LinuxNamespaceType::Cgroup) => plan.unshare_flags |= clone_flag(kind),
                 (None, _) => plan.clone_flags |= clone_flag(kind),
             }
             if ns.path().is_none() {

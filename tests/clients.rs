@@ -1,0 +1,428 @@
+//! Real clients drive `vessel` in runc's place: podman (through conmon) and containerd (through
+//! its runc v2 shim and `ctr`). Each test gets its own podman storage / containerd daemon under
+//! a temporary directory and removes everything it made, even when it fails.
+//!
+//! `VESSEL_CLIENT_RUNTIME=/usr/sbin/runc` runs the same tests against runc, which is how the
+//! harness itself is checked.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn runtime() -> PathBuf {
+    std::env::var_os("VESSEL_CLIENT_RUNTIME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::bin("vessel"))
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Mounts below `dir` in this process's mount namespace, deepest first.
+fn mounts_below(dir: &Path) -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.to_string_lossy().to_string();
+    let mut v: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    v.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    v
+}
+
+/// State a runtime keeps for container `id` under the default root, as podman and ctr use it.
+fn runtime_state_left(root: &Path, id: &str) -> bool {
+    root.join(id).exists()
+}
+
+// ---------------------------------------------------------------- podman
+
+struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        let dir = tempfile::Builder::new()
+            .prefix("vessel-podman-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("containers.conf"),
+            format!(
+                r#"[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+netns = "none"
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{d}/events.log"
+tmp_dir = "{d}/tmp"
+runtime = "vessel"
+[engine.runtimes]
+vessel = ["{rt}"]
+"#,
+                d = d.display(),
+                rt = runtime().display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\nrunroot = \"{d}/runroot\"\ngraphroot = \"{d}/graphroot\"\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        let p = Podman { dir };
+        let rootfs = common::fixtures().join("busybox/rootfs");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "tar -C {} -c . | podman import - localhost/busybox",
+                rootfs.display()
+            ))
+            .envs(p.env())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "podman import: {}", text(&out));
+        p
+    }
+
+    fn env(&self) -> Vec<(&'static str, PathBuf)> {
+        vec![
+            ("CONTAINERS_CONF", self.dir.path().join("containers.conf")),
+            (
+                "CONTAINERS_STORAGE_CONF",
+                self.dir.path().join("storage.conf"),
+            ),
+        ]
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("podman")
+            .args(args)
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "podman {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "--force", "--all", "--time", "0"]);
+        for m in mounts_below(self.dir.path()) {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn podman_ready(test: &str) -> bool {
+    if !have("podman") || !have("conmon") {
+        common::skip(
+            test,
+            "podman/conmon not installed (fixtures/host-packages.sh installs them)",
+        );
+        return false;
+    }
+    true
+}
+
+#[test]
+fn podman_run_prints_the_containers_output() {
+    if !podman_ready("podman_run_prints_the_containers_output") {
+        return;
+    }
+    let p = Podman::new();
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "localhost/busybox",
+        "sh",
+        "-c",
+        "echo hello from $(hostname); cat /proc/self/status | grep NoNewPrivs",
+    ]);
+    assert!(out.contains("hello from"), "{out}");
+    // podman's default: no_new_privileges off.
+    assert!(out.contains("NoNewPrivs:\t0"), "{out}");
+    let status = p.run(&["run", "--rm", "localhost/busybox", "sh", "-c", "exit 7"]);
+    assert_eq!(status.status.code(), Some(7), "{}", text(&status));
+    assert_eq!(p.ok(&["ps", "-aq"]).trim(), "");
+}
+
+#[test]
+fn podman_detached_exec_stop_rm_leave_nothing() {
+    if !podman_ready("podman_detached_exec_stop_rm_leave_nothing") {
+        return;
+    }
+    let p = Podman::new();
+    let name = common::unique_id("pm");
+    let id = p
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "localhost/busybox",
+            "sleep",
+            "1000",
+        ])
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64, "container id: {id}");
+    let state = p.ok(&["inspect", "--format", "{{.State.Status}}", &name]);
+    assert_eq!(state.trim(), "running");
+    let out = p.ok(&[
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "echo exec-ok; cat /proc/1/cmdline",
+    ]);
+    assert!(out.starts_with("exec-ok"), "{out}");
+    assert!(
+        out.contains("sleep"),
+        "pid 1 is the container's process: {out}"
+    );
+    let pid: i32 = p
+        .ok(&["inspect", "--format", "{{.State.Pid}}", &name])
+        .trim()
+        .parse()
+        .unwrap();
+    p.ok(&["stop", "--time", "2", &name]);
+    let state = p.ok(&["inspect", "--format", "{{.State.Status}}", &name]);
+    assert_eq!(state.trim(), "exited");
+    p.ok(&["rm", &name]);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "container process {pid} left running"
+    );
+    assert!(
+        !runtime_state_left(Path::new("/run/vessel"), &id),
+        "vessel state for {id} left in /run/vessel"
+    );
+}
+
+// ---------------------------------------------------------------- containerd
+
+struct Containerd {
+    dir: tempfile::TempDir,
+    daemon: Child,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("vessel-ctd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("config.toml"),
+            format!(
+                r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{d}/c.sock"
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+[debug]
+  address = ""
+"#,
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let c = Containerd { dir, daemon };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.dir.path().join("c.sock").exists() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let rootfs = c.dir.path().join("rootfs");
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(common::fixtures().join("busybox/rootfs"))
+            .arg(&rootfs)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("c.sock"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.ctr(args);
+        assert!(o.status.success(), "ctr {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+
+    fn runc_root(&self) -> PathBuf {
+        self.dir.path().join("runtime-root")
+    }
+
+    /// `ctr run` arguments that put vessel in runc's place; `flags` go before the positional
+    /// rootfs path (`--rootfs` makes the first positional argument a rootfs directory).
+    fn run_args(&self, flags: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = vec!["run".into()];
+        v.extend(flags.iter().map(|f| f.to_string()));
+        v.extend([
+            "--runc-binary".into(),
+            runtime().to_string_lossy().into(),
+            "--runc-root".into(),
+            self.runc_root().to_string_lossy().into(),
+            "--env".into(),
+            "PATH=/bin:/sbin:/usr/bin:/usr/sbin".into(),
+            "--rootfs".into(),
+            self.dir.path().join("rootfs").to_string_lossy().into(),
+        ]);
+        v
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Ok(list) = String::from_utf8(self.ctr(&["task", "ls", "-q"]).stdout) {
+            for id in list.lines() {
+                let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+                let _ = self.ctr(&["task", "rm", "-f", id]);
+            }
+        }
+        if let Ok(list) = String::from_utf8(self.ctr(&["containers", "ls", "-q"]).stdout) {
+            for id in list.lines() {
+                let _ = self.ctr(&["containers", "rm", id]);
+            }
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        for m in mounts_below(self.dir.path()) {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn containerd_ready(test: &str) -> bool {
+    if !have("containerd") || !have("ctr") || !have("containerd-shim-runc-v2") {
+        common::skip(
+            test,
+            "containerd not installed (fixtures/host-packages.sh installs it)",
+        );
+        return false;
+    }
+    true
+}
+
+#[test]
+fn ctr_run_through_the_shim_returns_output_and_status() {
+    if !containerd_ready("ctr_run_through_the_shim_returns_output_and_status") {
+        return;
+    }
+    let c = Containerd::start();
+    let id = common::unique_id("ctr");
+    let mut args = c.run_args(&["--rm"]);
+    args.extend([id.clone(), "/bin/sh".into(), "-c".into()]);
+    args.push("echo hello-from-ctr; exit 3".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = c.ctr(&argv);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("hello-from-ctr"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(c.ok(&["containers", "ls", "-q"]).trim(), "");
+    assert!(!runtime_state_left(&c.runc_root(), &id));
+}
+
+#[test]
+fn ctr_detached_exec_ps_kill_rm() {
+    if !containerd_ready("ctr_detached_exec_ps_kill_rm") {
+        return;
+    }
+    let c = Containerd::start();
+    let id = common::unique_id("ctr");
+    let mut args = c.run_args(&["-d"]);
+    args.extend([id.clone(), "/bin/sleep".into(), "1000".into()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.ok(&argv);
+    let out = c.ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "/bin/sh",
+        "-c",
+        "echo exec-ok; cat /proc/1/cmdline",
+    ]);
+    assert!(out.starts_with("exec-ok"), "{out}");
+    assert!(out.contains("sleep"), "{out}");
+    let ps = c.ok(&["task", "ps", &id]);
+    assert!(
+        ps.lines().count() >= 2,
+        "task ps lists the container's process: {ps}"
+    );
+    c.ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ls = c.ok(&["task", "ls"]);
+        if ls
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "task did not stop: {ls}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.ok(&["task", "rm", &id]);
+    c.ok(&["containers", "rm", &id]);
+    assert!(!runtime_state_left(&c.runc_root(), &id));
+}
