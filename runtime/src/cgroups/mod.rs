@@ -573,42 +573,47 @@ impl Manager {
         for c in rel.components() {
             let parent = cur.clone();
             cur.push(c);
-            match std::fs::create_dir(&cur) {
-                Ok(()) => {
-                    h.created().push(cur.clone());
-                    made.push((i, cur.clone()));
-                    if h.version == Version::V1 && h.has("cpuset") {
-                        // A new cpuset is empty and refuses tasks until it has cpus and mems.
-                        for f in ["cpuset.cpus", "cpuset.mems"] {
-                            let v = fs::read(&parent, f)?;
-                            if !v.trim().is_empty() {
-                                fs::write(&cur, f, v.trim())?;
-                            }
-                        }
-                    }
-                    // A parent with processes (other than the root) cannot delegate domain
-                    // controllers; enabling only the threaded ones would turn its subtree
-                    // threaded, so leave it alone (set() reports what it needs).
-                    // (The root has no cgroup.type and is exempt.)
-                    let busy = h.version == Version::V2
-                        && !fs::procs(&parent)?.is_empty()
-                        && fs::read_opt(&parent, "cgroup.type")?
-                            .is_some_and(|t| t.trim() == "domain");
-                    if h.version == Version::V2 && self.mode == Mode::Unified && !busy {
-                        // Best effort, as runc: make every controller the parent offers
-                        // available to the new child (fails if the parent holds processes).
-                        let avail = read_list(&parent, "cgroup.controllers");
-                        let on = read_list(&parent, "cgroup.subtree_control");
-                        for c in avail.iter().filter(|c| !on.contains(c)) {
-                            if V2_CONTROLLERS.contains(&c.as_str()) {
-                                let _ =
-                                    fs::write(&parent, "cgroup.subtree_control", &format!("+{c}"));
-                            }
+            let created = match std::fs::create_dir(&cur) {
+                Ok(()) => true,
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
+                Err(source) => return Err(CgroupError::Create { path: cur, source }),
+            };
+            if created {
+                h.created().push(cur.clone());
+                made.push((i, cur.clone()));
+            }
+            if h.version == Version::V1 && h.has("cpuset") {
+                // A new cpuset is empty and refuses tasks until it has cpus and mems. Fill
+                // every empty level, not only the ones made here: a concurrent create may
+                // have made a shared level (e.g. `vessel/`) and not filled it yet.
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    if fs::read(&cur, f)?.trim().is_empty() {
+                        let v = fs::read(&parent, f)?;
+                        if !v.trim().is_empty() {
+                            fs::write(&cur, f, v.trim())?;
                         }
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(source) => return Err(CgroupError::Create { path: cur, source }),
+            }
+            if created {
+                // A parent with processes (other than the root) cannot delegate domain
+                // controllers; enabling only the threaded ones would turn its subtree
+                // threaded, so leave it alone (set() reports what it needs).
+                // (The root has no cgroup.type and is exempt.)
+                let busy = h.version == Version::V2
+                    && !fs::procs(&parent)?.is_empty()
+                    && fs::read_opt(&parent, "cgroup.type")?.is_some_and(|t| t.trim() == "domain");
+                if h.version == Version::V2 && self.mode == Mode::Unified && !busy {
+                    // Best effort, as runc: make every controller the parent offers
+                    // available to the new child (fails if the parent holds processes).
+                    let avail = read_list(&parent, "cgroup.controllers");
+                    let on = read_list(&parent, "cgroup.subtree_control");
+                    for c in avail.iter().filter(|c| !on.contains(c)) {
+                        if V2_CONTROLLERS.contains(&c.as_str()) {
+                            let _ = fs::write(&parent, "cgroup.subtree_control", &format!("+{c}"));
+                        }
+                    }
+                }
             }
         }
         Ok(())
