@@ -49,6 +49,47 @@ fn mounts_below(dir: &Path) -> Vec<String> {
     v
 }
 
+/// A cgroup path for a client's containers below this process's own cgroup: the clients
+/// would otherwise create theirs at the hierarchy roots (podman's `libpod_parent`,
+/// containerd's `default`). On this host the own cgroup differs per hierarchy only in the
+/// memory one; every other is "/", so the memory path is below ours everywhere.
+fn own_cgroup_child(name: &str) -> String {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
+        })
+        .unwrap_or_else(|| "/".into());
+    format!("{}/{name}", own.trim_end_matches('/'))
+}
+
+/// Removes `rel` (and what is below it) from every cgroup hierarchy, deepest first.
+fn remove_cgroup_everywhere(rel: &str) {
+    let Ok(hs) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hs.flatten() {
+        let top = h.path().join(rel.trim_start_matches('/'));
+        let mut dirs = Vec::new();
+        let mut stack = vec![top];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                stack.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+                dirs.push(d);
+            }
+        }
+        for d in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
 /// State a runtime keeps for container `id` under the default root, as podman and ctr use it.
 fn runtime_state_left(root: &Path, id: &str) -> bool {
     root.join(id).exists()
@@ -58,6 +99,7 @@ fn runtime_state_left(root: &Path, id: &str) -> bool {
 
 struct Podman {
     dir: tempfile::TempDir,
+    cgroup_parent: String,
 }
 
 impl Podman {
@@ -95,7 +137,10 @@ vessel = ["{rt}"]
             ),
         )
         .unwrap();
-        let p = Podman { dir };
+        let p = Podman {
+            dir,
+            cgroup_parent: own_cgroup_child(&format!("vessel-podman-{}", std::process::id())),
+        };
         let rootfs = common::fixtures().join("busybox/rootfs");
         let out = Command::new("sh")
             .arg("-c")
@@ -121,8 +166,13 @@ vessel = ["{rt}"]
     }
 
     fn run(&self, args: &[&str]) -> Output {
+        let mut argv: Vec<&str> = args.to_vec();
+        if args.first() == Some(&"run") {
+            argv.insert(1, "--cgroup-parent");
+            argv.insert(2, &self.cgroup_parent);
+        }
         Command::new("podman")
-            .args(args)
+            .args(&argv)
             .envs(self.env())
             .stdin(Stdio::null())
             .output()
@@ -142,6 +192,7 @@ impl Drop for Podman {
         for m in mounts_below(self.dir.path()) {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
+        remove_cgroup_everywhere(&self.cgroup_parent);
     }
 }
 
@@ -236,6 +287,7 @@ fn podman_detached_exec_stop_rm_leave_nothing() {
 struct Containerd {
     dir: tempfile::TempDir,
     daemon: Child,
+    cgroup_parent: String,
 }
 
 impl Containerd {
@@ -271,7 +323,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .stderr(log)
             .spawn()
             .unwrap();
-        let c = Containerd { dir, daemon };
+        let c = Containerd {
+            dir,
+            daemon,
+            cgroup_parent: own_cgroup_child(&format!("vessel-ctr-{}", std::process::id())),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !c.dir.path().join("c.sock").exists() {
             assert!(Instant::now() < deadline, "containerd did not start");
@@ -310,9 +366,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// `ctr run` arguments that put vessel in runc's place; `flags` go before the positional
     /// rootfs path (`--rootfs` makes the first positional argument a rootfs directory).
-    fn run_args(&self, flags: &[&str]) -> Vec<String> {
+    fn run_args(&self, id: &str, flags: &[&str]) -> Vec<String> {
         let mut v: Vec<String> = vec!["run".into()];
         v.extend(flags.iter().map(|f| f.to_string()));
+        v.extend(["--cgroup".into(), format!("{}/{id}", self.cgroup_parent)]);
         v.extend([
             "--runc-binary".into(),
             runtime().to_string_lossy().into(),
@@ -342,6 +399,7 @@ impl Drop for Containerd {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        remove_cgroup_everywhere(&self.cgroup_parent);
         for m in mounts_below(self.dir.path()) {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
@@ -366,7 +424,7 @@ fn ctr_run_through_the_shim_returns_output_and_status() {
     }
     let c = Containerd::start();
     let id = common::unique_id("ctr");
-    let mut args = c.run_args(&["--rm"]);
+    let mut args = c.run_args(&id, &["--rm"]);
     args.extend([id.clone(), "/bin/sh".into(), "-c".into()]);
     args.push("echo hello-from-ctr; exit 3".into());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -388,7 +446,7 @@ fn ctr_detached_exec_ps_kill_rm() {
     }
     let c = Containerd::start();
     let id = common::unique_id("ctr");
-    let mut args = c.run_args(&["-d"]);
+    let mut args = c.run_args(&id, &["-d"]);
     args.extend([id.clone(), "/bin/sleep".into(), "1000".into()]);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     c.ok(&argv);
