@@ -50,6 +50,9 @@ use crate::state::{
 use crate::sync::{self, Channel, Msg, SyncError};
 use crate::terminal::{self, TerminalError};
 
+mod ops;
+pub use ops::{merge_resources, Events, RESOURCES_FILE};
+
 /// Errors of the lifecycle.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -651,6 +654,9 @@ impl Container {
         }
         for p in pids {
             let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        if self.status() == Status::Paused {
+            self.thaw_for_kill();
         }
         if let Some(fd) = pidfd {
             wait_pidfd_exit(&fd, Duration::from_secs(10));
