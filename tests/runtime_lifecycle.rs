@@ -252,3 +252,62 @@ fn preserve_fds_passes_extra_fds() {
     let out = cmd.output().unwrap();
     assert_eq!(stdout(&out), "got:\n", "stderr: {}", stderr(&out));
 }
+
+#[test]
+fn concurrent_commands_on_one_id_are_serialized() {
+    let Some(env) = setup("concurrent_commands_on_one_id_are_serialized") else {
+        return;
+    };
+    let id = common::unique_id("race");
+    env.write_config(&env.config_with_args(&["sleep", "1000"]));
+    let bundle = env.bundle_path().to_str().unwrap().to_string();
+    // Four creates of one id at once: exactly one wins, the others are told it exists.
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| env.vessel(&["create", "--bundle", &bundle, &id])))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 1, "{:?}", outs.iter().map(stderr).collect::<Vec<_>>());
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        assert!(stderr(o).contains("already exists"), "{}", stderr(o));
+    }
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    // Four start + force-delete pairs at once: one start wins or none (if a delete came
+    // first); exactly one delete succeeds; the rest fail cleanly.
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .flat_map(|_| {
+                [
+                    s.spawn(|| env.vessel(&["start", &id])),
+                    s.spawn(|| env.vessel(&["delete", "--force", &id])),
+                ]
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let starts = outs
+        .iter()
+        .step_by(2)
+        .filter(|o| o.status.success())
+        .count();
+    let deletes = outs
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .filter(|o| o.status.success())
+        .count();
+    assert!(starts <= 1, "{starts} starts succeeded");
+    assert_eq!(deletes, 1);
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        let e = stderr(o);
+        assert!(
+            e.contains("does not exist") || e.contains("cannot start"),
+            "unexpected failure: {e}"
+        );
+    }
+    assert!(!env.state_dir(&id).exists());
+    assert!(wait_gone(pid));
+    assert!(cgroup_dirs(&id).is_empty());
+}
