@@ -113,16 +113,6 @@ impl Container {
         Ok(())
     }
 
-    /// Thaws the cgroup so SIGKILLed processes can die (v1 frozen tasks do not act on
-    /// signals); used by `delete --force` of a paused container.
-    pub(super) fn thaw_for_kill(&self) {
-        if let Ok(cg) = self.cgroup() {
-            if cg.is_frozen().unwrap_or(true) {
-                let _ = cg.thaw();
-            }
-        }
-    }
-
     /// The resources in force: the last update's, else the spec's `linux.resources`.
     pub fn resources(&self) -> Result<LinuxResources> {
         let path = self.dir.path().join(RESOURCES_FILE);
