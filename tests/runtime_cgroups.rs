@@ -706,3 +706,28 @@ fn stopped_container_refuses_pause_update_and_stats() {
     }
     delete_and_check_clean(&env, &id);
 }
+
+#[test]
+fn paused_before_start_resumes_to_created() {
+    let t = "paused_before_start_resumes_to_created";
+    let Some(env) = setup(t) else { return };
+    if !v1_host(t, &["freezer"]) {
+        return;
+    }
+    let id = common::unique_id("pcreated");
+    env.write_config(&env.config_with_args(&["sleep", "1000"]));
+    let out = env.vessel_b("create", &[], &id);
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let out = env.vessel(&["pause", &id]);
+    assert!(out.status.success(), "pause: {}", stderr(&out));
+    assert_eq!(env.state(&id)["status"], "paused");
+    let out = env.vessel(&["start", &id]);
+    assert!(!out.status.success(), "start of a paused container");
+    let out = env.vessel(&["resume", &id]);
+    assert!(out.status.success(), "resume: {}", stderr(&out));
+    assert_eq!(env.state(&id)["status"], "created");
+    let out = env.vessel(&["start", &id]);
+    assert!(out.status.success(), "start: {}", stderr(&out));
+    assert_eq!(env.state(&id)["status"], "running");
+    delete_and_check_clean(&env, &id);
+}

@@ -51,7 +51,8 @@ fn merge_json(base: &mut serde_json::Value, update: &serde_json::Value) {
     }
 }
 
-/// `current` with every field set in `update` replaced (see [`merge_json`]).
+/// `current` with every field set in `update` replaced: objects merged key by key,
+/// numbers, strings and lists (device rules) replaced, absent fields kept.
 pub fn merge_resources(
     current: &LinuxResources,
     update: &LinuxResources,
