@@ -722,6 +722,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(Cli::try_parse_from(["vessel", "pause", "c"]).is_err());
+        assert!(matches!(
+            Cli::try_parse_from(["vessel", "pause", "c"]).unwrap().cmd,
+            Cmd::Pause { .. }
+        ));
+        let cli = Cli::try_parse_from([
+            "vessel",
+            "update",
+            "--memory",
+            "-1",
+            "--pids-limit",
+            "5",
+            "c",
+        ])
+        .unwrap();
+        assert!(matches!(cli.cmd, Cmd::Update(ref a) if a.memory.as_deref() == Some("-1")));
+        assert!(Cli::try_parse_from(["vessel", "nosuchcmd", "c"]).is_err());
     }
 }
