@@ -52,6 +52,9 @@ use crate::state::{
 use crate::sync::{self, Channel, Msg, SyncError};
 use crate::terminal::{self, TerminalError};
 
+mod ops;
+pub use ops::{merge_resources, Events, RESOURCES_FILE};
+
 /// Errors of the lifecycle.
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {

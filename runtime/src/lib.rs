@@ -15,6 +15,7 @@ pub mod capabilities;
 pub mod cgroups;
 pub mod container;
 pub mod criu;
+pub mod events;
 pub mod features;
 pub mod hooks;
 pub mod idmap;

@@ -13,6 +13,9 @@ use vessel_runtime::container::{Container, CreateOptions, ExecOptions};
 use vessel_runtime::process::child::error_chain;
 use vessel_runtime::{spec, state, terminal, wait};
 
+#[path = "../cli/ops.rs"]
+mod ops;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "vessel",
@@ -191,6 +194,20 @@ enum Cmd {
     },
     /// Print the OCI features JSON of this runtime.
     Features,
+    /// Freeze every process of a container.
+    Pause {
+        /// Container id.
+        id: String,
+    },
+    /// Thaw a paused container.
+    Resume {
+        /// Container id.
+        id: String,
+    },
+    /// Change a container's resource limits while it runs.
+    Update(ops::UpdateArgs),
+    /// Print a container's statistics (--stats) or stream its OOM and stats events.
+    Events(ops::EventsArgs),
 }
 
 /// Where error/debug messages go.
@@ -531,6 +548,10 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
             }
             Ok(0)
         }
+        Cmd::Pause { id } => ops::pause(root, id),
+        Cmd::Resume { id } => ops::resume(root, id),
+        Cmd::Update(a) => ops::update(root, a),
+        Cmd::Events(a) => ops::events(root, a),
         Cmd::Features => {
             println!(
                 "{}",
@@ -701,6 +722,21 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(Cli::try_parse_from(["vessel", "pause", "c"]).is_err());
+        assert!(matches!(
+            Cli::try_parse_from(["vessel", "pause", "c"]).unwrap().cmd,
+            Cmd::Pause { .. }
+        ));
+        let cli = Cli::try_parse_from([
+            "vessel",
+            "update",
+            "--memory",
+            "-1",
+            "--pids-limit",
+            "5",
+            "c",
+        ])
+        .unwrap();
+        assert!(matches!(cli.cmd, Cmd::Update(ref a) if a.memory.as_deref() == Some("-1")));
+        assert!(Cli::try_parse_from(["vessel", "nosuchcmd", "c"]).is_err());
     }
 }
