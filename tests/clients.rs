@@ -230,8 +230,8 @@ fn podman_run_prints_the_containers_output() {
 }
 
 #[test]
-fn podman_detached_exec_stop_rm_leave_nothing() {
-    if !podman_ready("podman_detached_exec_stop_rm_leave_nothing") {
+fn podman_detached_pause_exec_stop_rm_leave_nothing() {
+    if !podman_ready("podman_detached_pause_exec_stop_rm_leave_nothing") {
         return;
     }
     let p = Podman::new();
@@ -249,6 +249,12 @@ fn podman_detached_exec_stop_rm_leave_nothing() {
         .trim()
         .to_string();
     assert_eq!(id.len(), 64, "container id: {id}");
+    let state = p.ok(&["inspect", "--format", "{{.State.Status}}", &name]);
+    assert_eq!(state.trim(), "running");
+    p.ok(&["pause", &name]);
+    let state = p.ok(&["inspect", "--format", "{{.State.Status}}", &name]);
+    assert_eq!(state.trim(), "paused");
+    p.ok(&["unpause", &name]);
     let state = p.ok(&["inspect", "--format", "{{.State.Status}}", &name]);
     assert_eq!(state.trim(), "running");
     let out = p.ok(&[
@@ -440,8 +446,8 @@ fn ctr_run_through_the_shim_returns_output_and_status() {
 }
 
 #[test]
-fn ctr_detached_exec_ps_kill_rm() {
-    if !containerd_ready("ctr_detached_exec_ps_kill_rm") {
+fn ctr_detached_exec_ps_pause_kill_rm() {
+    if !containerd_ready("ctr_detached_exec_ps_pause_kill_rm") {
         return;
     }
     let c = Containerd::start();
@@ -466,6 +472,20 @@ fn ctr_detached_exec_ps_kill_rm() {
     assert!(
         ps.lines().count() >= 2,
         "task ps lists the container's process: {ps}"
+    );
+    c.ok(&["task", "pause", &id]);
+    let ls = c.ok(&["task", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with(&id) && l.contains("PAUSED")),
+        "{ls}"
+    );
+    c.ok(&["task", "resume", &id]);
+    let ls = c.ok(&["task", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with(&id) && l.contains("RUNNING")),
+        "{ls}"
     );
     c.ok(&["task", "kill", "-s", "SIGKILL", &id]);
     let deadline = Instant::now() + Duration::from_secs(20);
