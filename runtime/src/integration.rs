@@ -144,46 +144,17 @@ pub fn cgroup_new(spec: &Spec, id: &str) -> Result<Option<Cgroup>> {
     Ok(Some(m))
 }
 
-/// Device rules every container gets after its own (what runc appends too): the
-/// default devices the rootfs module creates and the pty devices. Without them a spec
-/// that starts with "deny all" (the usual) could not open /dev/null or /dev/ptmx.
-const DEFAULT_DEVICE_RULES: &[(char, i64, Option<i64>)] = &[
-    ('c', 1, Some(3)), // null
-    ('c', 1, Some(5)), // zero
-    ('c', 1, Some(7)), // full
-    ('c', 1, Some(8)), // random
-    ('c', 1, Some(9)), // urandom
-    ('c', 5, Some(0)), // tty
-    ('c', 5, Some(1)), // console
-    ('c', 5, Some(2)), // ptmx
-    ('c', 136, None),  // pts/*
-];
-
-/// The resources applied to the cgroup: the spec's, with the spec's device rules followed
-/// by allow rules for the default devices and for every `linux.devices` entry.
+/// The resources applied to the cgroup: the spec's, with the device rules extended as runc
+/// does ([`crate::cgroups::devices::container_rules`]: the spec's rules, an allow rule for
+/// each `linux.devices` node, then the default devices and ptys), so a spec that starts
+/// with "deny all" (the usual) can still open /dev/null or /dev/ptmx.
 pub fn effective_resources(spec: &Spec) -> Option<oci_spec::runtime::LinuxResources> {
     let linux = spec.linux().as_ref()?;
     let mut r = linux.resources().clone()?;
-    let mut rules = r.devices().clone().unwrap_or_default();
-    let rule = |typ: char, major: i64, minor: Option<i64>| {
-        serde_json::from_value::<oci_spec::runtime::LinuxDeviceCgroup>(serde_json::json!({
-            "allow": true, "type": typ.to_string(), "major": major, "minor": minor,
-            "access": "rwm"
-        }))
-        .ok()
-    };
-    rules.extend(
-        DEFAULT_DEVICE_RULES
-            .iter()
-            .filter_map(|(t, ma, mi)| rule(*t, *ma, *mi)),
+    let rules = crate::cgroups::devices::container_rules(
+        r.devices().as_deref().unwrap_or_default(),
+        linux.devices().as_deref().unwrap_or_default(),
     );
-    for d in linux.devices().iter().flatten() {
-        let t = match d.typ() {
-            oci_spec::runtime::LinuxDeviceType::B => 'b',
-            _ => 'c',
-        };
-        rules.extend(rule(t, d.major(), Some(d.minor())));
-    }
     r.set_devices(Some(rules));
     Some(r)
 }
@@ -191,7 +162,7 @@ pub fn effective_resources(spec: &Spec) -> Option<oci_spec::runtime::LinuxResour
 /// Parent-side, after the clone: creates the cgroup, applies the resources, moves `pid`.
 pub fn cgroup_apply(cg: &Cgroup, spec: &Spec, pid: i32) -> Result<()> {
     if let Some(r) = effective_resources(spec) {
-        cg.set(&r)?;
+        cg.set_exact(&r)?;
     }
     Ok(cg.apply(pid)?)
 }
@@ -339,6 +310,11 @@ mod tests {
         assert_eq!(rules[0], "false a *:* rwm");
         assert!(rules.contains(&"true c 1:3 rwm".to_string()), "{rules:?}");
         assert!(rules.contains(&"true c 136:* rwm".to_string()), "{rules:?}");
-        assert_eq!(rules.last().unwrap(), "true c 10:229 rwm");
+        assert!(
+            rules.contains(&"true c 10:229 rwm".to_string()),
+            "{rules:?}"
+        );
+        // Each default appears once (they used to be appended twice).
+        assert_eq!(rules.iter().filter(|r| *r == "true c 1:3 rwm").count(), 1);
     }
 }

@@ -165,10 +165,10 @@ impl Container {
         // starts from "deny all" on v1, which would briefly cut off a running container.
         let apply = self.effective(&merged, update.devices().is_some())?;
         cg.validate(&apply).map_err(cg_err)?;
-        if let Err(e) = cg.set(&apply) {
+        if let Err(e) = cg.set_exact(&apply) {
             // Best effort: put back what was in force.
             if let Ok(old) = self.effective(&current, false) {
-                let _ = cg.set(&old);
+                let _ = cg.set_exact(&old);
             }
             return Err(cg_err(e));
         }
