@@ -625,6 +625,7 @@ fn main() {
             if *r >= TARGET_RATIO { "met" } else { "NOT met" }
         );
     }
+    drop(tap);
     if quick {
         if failed {
             eprintln!("vm_net --quick: some runs failed");
