@@ -51,11 +51,6 @@ const MIN_RX_FRAME_LEN: usize = VNET_HDR_LEN + 14;
 const MAX_READ_ERRORS: u32 = 64;
 /// Frames handled per event before yielding to the event loop.
 const BUDGET: usize = 128;
-/// Reads of the transmit avail index (a few µs in all) before the device re-arms queue
-/// notifications: a guest that is streaming adds its next frame within that time, and
-/// picking it up here spares it a queue kick (a KVM exit, 20–130 µs under nested KVM).
-/// Measured by benches/vm_net.rs (VMM wake-ups per frame).
-const TX_POLL_SPINS: u32 = 2048;
 
 const TAG_CONTROL: u32 = 0;
 const TAG_RX_QUEUE: u32 = 1;
@@ -671,19 +666,6 @@ impl VirtioMmioNet {
         }
     }
 
-    /// Spin briefly (no syscalls) until the driver publishes another transmit chain;
-    /// returns whether it did.
-    fn tx_poll(q: &Queue, mem: &GuestMemoryMmap) -> bool {
-        for _ in 0..TX_POLL_SPINS {
-            match q.avail_idx(mem, Ordering::Acquire) {
-                Ok(idx) if idx.0 != q.next_avail() => return true,
-                Ok(_) => std::hint::spin_loop(),
-                Err(_) => return false,
-            }
-        }
-        false
-    }
-
     /// The transmit loop; returns true if the driver broke the queue.
     fn tx_loop(&mut self, used_any: &mut bool) -> bool {
         let Self {
@@ -716,9 +698,6 @@ impl VirtioMmioNet {
                     return true;
                 }
                 let Some(chain) = q.pop_descriptor_chain(&*mem) else {
-                    if *used_any && Self::tx_poll(q, mem) {
-                        continue;
-                    }
                     break;
                 };
                 budget -= 1;
