@@ -568,6 +568,28 @@ impl Manager {
         h: &Hierarchy,
         made: &mut Vec<(usize, PathBuf)>,
     ) -> Result<(), CgroupError> {
+        // Another container's `destroy` may remove an empty shared level (e.g. `vessel/`)
+        // between our seeing it and our `mkdir` below it (ENOENT): walk again, making it
+        // anew (and recording it as ours), a bounded number of times.
+        let mut attempt = 0;
+        loop {
+            match self.create_levels(i, h, made) {
+                Err(CgroupError::Create { source, .. })
+                    if source.kind() == ErrorKind::NotFound && attempt < 8 =>
+                {
+                    attempt += 1
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn create_levels(
+        &self,
+        i: usize,
+        h: &Hierarchy,
+        made: &mut Vec<(usize, PathBuf)>,
+    ) -> Result<(), CgroupError> {
         let rel = h.dir.strip_prefix(&h.base).unwrap_or(Path::new(""));
         let mut cur = h.base.clone();
         for c in rel.components() {
