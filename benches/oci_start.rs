@@ -13,6 +13,12 @@
 //! Debian's crun refuses this host's hybrid cgroup layout unless the cgroup2 mount at
 //! /sys/fs/cgroup/unified is hidden, so the benchmark first moves itself into a private mount
 //! namespace with a tmpfs over that path; all three runtimes then see the same host.
+//! Every container gets an absolute `cgroupsPath` below the benchmark's own cgroup (runtimes
+//! disagree on where a relative path goes: crun takes it from the hierarchy root), and the
+//! benchmark removes that subtree at the end.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -137,7 +143,24 @@ fn main() {
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).expect("read config"))
             .expect("parse config");
     cfg["process"]["args"] = serde_json::json!(["/bin/true"]);
-    std::fs::write(&cfg_path, cfg.to_string()).expect("write config");
+    let cg_base = format!(
+        "{}/vessel-oci-start-{}",
+        common::own_cgroup().trim_end_matches('/'),
+        std::process::id()
+    );
+    let bundles: Vec<PathBuf> = ["vessel", "crun", "runc"]
+        .iter()
+        .map(|name| {
+            let b = work.path().join(format!("bundle-{name}"));
+            std::fs::create_dir_all(&b).expect("bundle dir");
+            std::os::unix::fs::symlink(bundle.join("rootfs"), b.join("rootfs"))
+                .expect("rootfs link");
+            let mut c = cfg.clone();
+            c["linux"]["cgroupsPath"] = serde_json::json!(format!("{cg_base}/{name}"));
+            std::fs::write(b.join("config.json"), c.to_string()).expect("write config");
+            b
+        })
+        .collect();
 
     let vessel = repo.join("target/release/vessel");
     let mut runtimes = Vec::new();
@@ -173,7 +196,12 @@ fn main() {
             for (r, rt) in runtimes.iter().enumerate() {
                 let root = work.path().join(format!("root-{}", rt.name));
                 let id = format!("bench-{}-{i}", rt.name);
-                let b = bundle.to_str().expect("utf-8 path");
+                let b = bundles[["vessel", "crun", "runc"]
+                    .iter()
+                    .position(|n| *n == rt.name)
+                    .expect("known runtime")]
+                .to_str()
+                .expect("utf-8 path");
                 let result = if mode == "run" {
                     measure(
                         Command::new(&rt.bin)
@@ -253,4 +281,5 @@ fn main() {
             );
         }
     }
+    common::remove_cgroup_everywhere(&cg_base);
 }

@@ -51,43 +51,9 @@ fn mounts_below(dir: &Path) -> Vec<String> {
 
 /// A cgroup path for a client's containers below this process's own cgroup: the clients
 /// would otherwise create theirs at the hierarchy roots (podman's `libpod_parent`,
-/// containerd's `default`). On this host the own cgroup differs per hierarchy only in the
-/// memory one; every other is "/", so the memory path is below ours everywhere.
+/// containerd's `default`).
 fn own_cgroup_child(name: &str) -> String {
-    let own = std::fs::read_to_string("/proc/self/cgroup")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-            ctrls
-                .split(',')
-                .any(|c| c == "memory")
-                .then(|| path.to_string())
-        })
-        .unwrap_or_else(|| "/".into());
-    format!("{}/{name}", own.trim_end_matches('/'))
-}
-
-/// Removes `rel` (and what is below it) from every cgroup hierarchy, deepest first.
-fn remove_cgroup_everywhere(rel: &str) {
-    let Ok(hs) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for h in hs.flatten() {
-        let top = h.path().join(rel.trim_start_matches('/'));
-        let mut dirs = Vec::new();
-        let mut stack = vec![top];
-        while let Some(d) = stack.pop() {
-            if let Ok(rd) = std::fs::read_dir(&d) {
-                stack.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
-                dirs.push(d);
-            }
-        }
-        for d in dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
+    format!("{}/{name}", common::own_cgroup().trim_end_matches('/'))
 }
 
 /// State a runtime keeps for container `id` under the default root, as podman and ctr use it.
@@ -192,7 +158,7 @@ impl Drop for Podman {
         for m in mounts_below(self.dir.path()) {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
-        remove_cgroup_everywhere(&self.cgroup_parent);
+        common::remove_cgroup_everywhere(&self.cgroup_parent);
     }
 }
 
@@ -405,7 +371,7 @@ impl Drop for Containerd {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
-        remove_cgroup_everywhere(&self.cgroup_parent);
+        common::remove_cgroup_everywhere(&self.cgroup_parent);
         for m in mounts_below(self.dir.path()) {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }

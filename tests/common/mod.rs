@@ -55,3 +55,40 @@ pub fn skip(test: &str, reason: &str) {
         }
     }
 }
+
+/// This process's cgroup in the memory hierarchy. On this kind of host every other
+/// hierarchy's own cgroup is "/", so a path below this one is below ours everywhere.
+pub fn own_cgroup() -> String {
+    std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
+        })
+        .unwrap_or_else(|| "/".into())
+}
+
+/// Removes the cgroup `rel` and everything below it from every hierarchy, deepest first.
+pub fn remove_cgroup_everywhere(rel: &str) {
+    let Ok(hs) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hs.flatten() {
+        let mut dirs = Vec::new();
+        let mut stack = vec![h.path().join(rel.trim_start_matches('/'))];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                stack.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+                dirs.push(d);
+            }
+        }
+        for d in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
