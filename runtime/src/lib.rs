@@ -16,6 +16,7 @@ pub mod cgroups;
 pub mod container;
 pub mod features;
 pub mod hooks;
+pub mod idmap;
 mod integration;
 pub mod namespaces;
 pub mod process;
