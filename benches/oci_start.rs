@@ -112,7 +112,10 @@ fn main() {
         .unwrap_or_else(|| repo.join("fixtures/.cache"));
     let src_bundle = fixtures.join("bundle");
     if !src_bundle.join("config.json").exists() {
-        eprintln!("no bundle at {}: run bash fixtures/all.sh", src_bundle.display());
+        eprintln!(
+            "no bundle at {}: run bash fixtures/all.sh",
+            src_bundle.display()
+        );
         std::process::exit(1);
     }
     if let Err(e) = hide_cgroup2() {
@@ -187,8 +190,7 @@ fn main() {
                         vec!["start", &id],
                         vec!["delete", "--force", &id],
                     ] {
-                        match measure(Command::new(&rt.bin).arg("--root").arg(&root).args(args))
-                        {
+                        match measure(Command::new(&rt.bin).arg("--root").arg(&root).args(args)) {
                             Ok(s) => rss = rss.max(s.max_rss_kib),
                             Err(e) => {
                                 res = Err(e);

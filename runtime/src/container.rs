@@ -62,6 +62,12 @@ pub enum ContainerError {
     /// Namespace error.
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
+    /// User namespace, id map or rootless error.
+    #[error(transparent)]
+    Userns(#[from] crate::userns::UsernsError),
+    /// An id-mapped mount could not be prepared.
+    #[error(transparent)]
+    Idmount(#[from] crate::idmount::IdmountError),
     /// A sibling module (rootfs, security, cgroups, hooks) failed.
     #[error(transparent)]
     Setup(#[from] IntegrationError),
@@ -244,6 +250,8 @@ impl Container {
             .clone()
             .ok_or_else(|| ContainerError::Invalid("config has no process".into()))?;
         let rootfs = rootfs_path(&spec, &bundle)?;
+        crate::userns::check_rootless(&spec)?;
+        crate::idmount::validate(&spec)?;
         integration::rootfs_validate(&spec, &bundle)?;
         integration::security_validate(&process)?;
         let seccomp = integration::seccomp_compile(&spec)?;
@@ -260,7 +268,13 @@ impl Container {
                 "process.terminal is set: a --console-socket is required".into(),
             ));
         }
-        let cgroup = integration::cgroup_new(&spec, id)?;
+        let mut warnings = Vec::new();
+        let cgroup = crate::userns::cgroup_or_skip(
+            integration::cgroup_new(&spec, id),
+            &spec,
+            &mut warnings,
+        )?;
+        let idmapped = crate::idmount::prepare(&spec, &bundle, &rootfs)?;
         let joins = plan.open_joins()?;
         let pid_ns = plan
             .pid_join
@@ -334,6 +348,7 @@ impl Container {
                         rootfs_opts: RootfsOptions {
                             no_pivot: opts.no_pivot,
                         },
+                        idmapped: &idmapped,
                     },
                 })
             }
@@ -344,12 +359,14 @@ impl Container {
         drop(fifo);
         drop(console);
         drop(joins);
+        drop(idmapped);
 
         if plan.new_user {
             namespaces::write_id_maps(pid, &spec)?;
         }
         if let Some(cg) = &cgroup {
             integration::cgroup_apply(cg, &spec, pid)?;
+            crate::userns::delegate_container_cgroup(cg, &spec)?;
         }
         parent_ch.send(&Msg::Go(pid))?;
         let mut creating = template.clone();
@@ -384,7 +401,7 @@ impl Container {
         Ok(Container {
             dir: dir.clone(),
             state: cstate,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 

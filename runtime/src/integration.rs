@@ -48,8 +48,14 @@ pub fn rootfs_validate(spec: &Spec, bundle: &Path) -> Result<()> {
 
 /// In the init, after the namespaces: mounts, devices, pivot_root, sysctl, masked and
 /// read-only paths.
-pub fn rootfs_prepare(spec: &Spec, rootfs: &Path, opts: RootfsOptions) -> Result<()> {
-    Ok(crate::rootfs::prepare(spec, rootfs, &opts)?)
+/// `idmapped` holds the id-mapped trees the parent prepared.
+pub fn rootfs_prepare(
+    spec: &Spec,
+    rootfs: &Path,
+    opts: RootfsOptions,
+    idmapped: &crate::idmount::IdmappedTrees,
+) -> Result<()> {
+    Ok(crate::rootfs::prepare_with(spec, rootfs, &opts, idmapped)?)
 }
 
 /// Compiled seccomp filter.

@@ -17,6 +17,7 @@ pub mod container;
 pub mod features;
 pub mod hooks;
 pub mod idmap;
+pub mod idmount;
 mod integration;
 pub mod namespaces;
 pub mod process;
@@ -28,6 +29,7 @@ pub mod spec;
 pub mod state;
 pub mod sync;
 pub mod terminal;
+pub mod userns;
 pub mod wait;
 
 pub use container::{Container, ContainerError, CreateOptions, ExecOptions};

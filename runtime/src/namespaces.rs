@@ -21,7 +21,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
-use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 /// Errors of namespace handling.
 #[derive(Debug, thiserror::Error)]
@@ -204,24 +204,11 @@ pub fn enter(joins: &[(Join, File)], unshare_flags: CloneFlags) -> Result<()> {
     Ok(())
 }
 
-/// Formats an id map the way `/proc/<pid>/uid_map` wants it.
-pub fn format_id_map(map: &[LinuxIdMapping]) -> String {
-    map.iter()
-        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
-        .collect()
-}
-
-/// Writes the uid and gid maps of the child `pid`'s new user namespace (from the parent).
-pub fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
-    let linux = spec.linux().as_ref();
-    let uid = linux
-        .and_then(|l| l.uid_mappings().clone())
-        .unwrap_or_default();
-    let gid = linux
-        .and_then(|l| l.gid_mappings().clone())
-        .unwrap_or_default();
-    write_proc(&format!("/proc/{pid}/uid_map"), &format_id_map(&uid))?;
-    write_proc(&format!("/proc/{pid}/gid_map"), &format_id_map(&gid))
+/// Writes the uid and gid maps of the child `pid`'s new user namespace (from the parent;
+/// see [`crate::userns::write_id_maps`] for who may write what).
+pub fn write_id_maps(pid: i32, spec: &Spec) -> std::result::Result<(), crate::userns::UsernsError> {
+    let (uid, gid) = crate::userns::spec_mappings(spec);
+    crate::userns::write_id_maps(pid, &uid, &gid)
 }
 
 /// Writes `linux.timeOffsets` for the time namespace the caller just unshared.
@@ -308,15 +295,5 @@ mod tests {
         .unwrap();
         assert_eq!(p.pid_join.as_deref(), Some(Path::new("/proc/1/ns/pid")));
         assert!(!p.new_pid);
-    }
-
-    #[test]
-    fn id_map_format() {
-        let m: Vec<LinuxIdMapping> = serde_json::from_value(json!([
-            {"containerID": 0, "hostID": 100000, "size": 65536},
-            {"containerID": 65536, "hostID": 1, "size": 1}
-        ]))
-        .unwrap();
-        assert_eq!(format_id_map(&m), "0 100000 65536\n65536 1 1\n");
     }
 }

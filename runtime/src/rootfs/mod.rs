@@ -37,6 +37,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use crate::idmount::IdmappedTrees;
+
 pub use error::RootfsError;
 pub use sysctl::apply_sysctl;
 pub use validate::{root_path, validate};
@@ -61,6 +63,18 @@ pub struct Options {
 /// can make /proc/sys read-only); calling [`apply_sysctl`] afterwards is
 /// harmless but unnecessary.
 pub fn prepare(spec: &Spec, rootfs: &Path, opts: &Options) -> Result<(), RootfsError> {
+    prepare_with(spec, rootfs, opts, &IdmappedTrees::default())
+}
+
+/// [`prepare`] with id-mapped trees made by the runtime's parent (see [`crate::idmount`]):
+/// `idmapped.root()` replaces the bind of the rootfs onto itself, `idmapped.mount(i)` the
+/// source of bind mount `i`.
+pub fn prepare_with(
+    spec: &Spec,
+    rootfs: &Path,
+    opts: &Options,
+    idmapped: &IdmappedTrees,
+) -> Result<(), RootfsError> {
     let linux = spec.linux().as_ref();
     let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
         Some(p) if !p.is_empty() => Some(
@@ -109,15 +123,26 @@ pub fn prepare(spec: &Spec, rootfs: &Path, opts: &Options) -> Result<(), RootfsE
         table = Some(t);
     }
 
-    // 2. The rootfs becomes a mount point of its own.
-    mount(
-        Some(rootfs),
-        rootfs,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| RootfsError::path("bind rootfs onto itself", rootfs, e))?;
+    // 2. The rootfs becomes a mount point of its own (id-mapped if asked).
+    if let Some(tree) = idmapped.root() {
+        let target = open(
+            rootfs,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| RootfsError::path("open rootfs", rootfs, e))?;
+        sys::move_mount_fd(tree, target.as_fd())
+            .map_err(|e| RootfsError::path("attach the id-mapped rootfs", rootfs, e))?;
+    } else {
+        mount(
+            Some(rootfs),
+            rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| RootfsError::path("bind rootfs onto itself", rootfs, e))?;
+    }
     let root = open(
         rootfs,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -132,6 +157,7 @@ pub fn prepare(spec: &Spec, rootfs: &Path, opts: &Options) -> Result<(), RootfsE
         rootfs,
         cgroupns,
         mountinfo: table,
+        idmapped,
     };
     for (i, m) in spec_mounts.iter().enumerate() {
         mounts::mount_entry(&mut ctx, i, m)?;

@@ -34,6 +34,8 @@ pub(crate) struct Ctx<'a> {
     pub cgroupns: bool,
     /// Host mount table, read at most once and only when needed.
     pub mountinfo: Option<Vec<MountEntry>>,
+    /// Id-mapped bind sources prepared by the runtime's parent.
+    pub idmapped: &'a crate::idmount::IdmappedTrees,
 }
 
 impl Ctx<'_> {
@@ -87,7 +89,7 @@ pub(crate) fn mount_entry(ctx: &mut Ctx<'_>, index: usize, m: &Mount) -> Result<
                 dest: &dest,
                 fstype: "bind",
             };
-            bind(ctx, m, &dest, &parsed, *recursive, &e)
+            bind(ctx, index, m, &dest, &parsed, *recursive, &e)
         }
         Kind::Cgroup => {
             let e = Err {
@@ -156,6 +158,7 @@ fn apply_propagation(fd: BorrowedFd<'_>, p: &Parsed, e: &Err<'_>) -> Result<(), 
 
 fn bind(
     ctx: &mut Ctx<'_>,
+    index: usize,
     m: &Mount,
     dest: &Path,
     p: &Parsed,
@@ -167,7 +170,16 @@ fn bind(
         .as_deref()
         .ok_or(Errno::EINVAL)
         .map_err(e.at("bind mount needs a source"))?;
-    let tree = clone_tree(source, recursive).map_err(e.at("open_tree (source)"))?;
+    let cloned;
+    let tree = match (ctx.idmapped.mount(index), parsed_idmap(p)) {
+        (Some(t), _) => t,
+        // Validation and the parent guarantee the tree; never bind unmapped instead.
+        (None, true) => return Err(e.at("id-mapped tree missing")(Errno::EINVAL)),
+        (None, false) => {
+            cloned = clone_tree(source, recursive).map_err(e.at("open_tree (source)"))?;
+            cloned.as_fd()
+        }
+    };
     let want = if is_dir(tree.as_fd()).map_err(e.at("stat source"))? {
         Want::Dir
     } else {
@@ -178,6 +190,10 @@ fn bind(
     apply_attrs(tree.as_fd(), p, p.bind_attr(), e)?;
     sys::move_mount_fd(tree.as_fd(), target.as_fd()).map_err(e.at("move_mount"))?;
     apply_propagation(tree.as_fd(), p, e)
+}
+
+fn parsed_idmap(p: &Parsed) -> bool {
+    p.idmap.is_some()
 }
 
 fn filesystem(

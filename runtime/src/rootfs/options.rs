@@ -37,6 +37,16 @@ pub(crate) struct Parsed {
     pub rec_attr: MountAttr,
     /// Filesystem-specific options, passed to the kernel as mount data.
     pub data: Vec<String>,
+    /// An id-mapped bind (`idmap`/`ridmap` or mount-level `uidMappings`/`gidMappings`):
+    /// the runtime's parent prepares the tree (see `crate::idmount`).
+    pub idmap: Option<Idmap>,
+}
+
+/// How a bind mount is id-mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Idmap {
+    /// `ridmap`: submounts of an `rbind` are id-mapped too.
+    pub recursive: bool,
 }
 
 impl Parsed {
@@ -301,6 +311,7 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
     let mut propagation = Vec::new();
     let mut rec_attr = MountAttr::default();
     let mut rest: Vec<&str> = Vec::new();
+    let mut idmap: Option<Idmap> = None;
 
     for opt in m.options().as_deref().unwrap_or(&[]) {
         let opt = opt.as_str();
@@ -330,9 +341,8 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
             }
             None => match opt {
                 "idmap" | "ridmap" => {
-                    return Err(format!(
-                        "option {opt:?}: id-mapped mounts are not supported"
-                    ))
+                    let recursive = opt == "ridmap" || idmap.is_some_and(|i| i.recursive);
+                    idmap = Some(Idmap { recursive });
                 }
                 "tmpcopyup" => {
                     return Err("option \"tmpcopyup\" is not supported".to_string());
@@ -342,8 +352,16 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
             },
         }
     }
-    if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
-        return Err("uidMappings/gidMappings (id-mapped mounts) are not supported".to_string());
+    let has_maps = |v: &Option<Vec<_>>| v.as_ref().is_some_and(|v| !v.is_empty());
+    let (uid_maps, gid_maps) = (has_maps(m.uid_mappings()), has_maps(m.gid_mappings()));
+    if uid_maps != gid_maps {
+        return Err(
+            "an id-mapped mount needs both uidMappings and gidMappings (or neither)".to_string(),
+        );
+    }
+    if uid_maps && idmap.is_none() {
+        // Mount-level mappings alone ask for an id-mapped mount (runc, crun).
+        idmap = Some(Idmap { recursive: false });
     }
 
     let kind = if bind.is_some() || typ == "bind" {
@@ -370,6 +388,12 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
             if flags.contains(MsFlags::MS_REMOUNT) {
                 return Err("option \"remount\" cannot be combined with bind".to_string());
             }
+        }
+        Kind::Cgroup | Kind::Fs(_) if idmap.is_some() => {
+            return Err(format!(
+                "id-mapped mounts (idmap/ridmap or uidMappings/gidMappings) need a bind \
+                 mount, not type {typ:?}"
+            ));
         }
         Kind::Cgroup | Kind::Fs(_) => {
             let fstype = match &kind {
@@ -409,6 +433,7 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
         propagation,
         rec_attr,
         data,
+        idmap,
     })
 }
 
