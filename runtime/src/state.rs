@@ -2,7 +2,7 @@
 //!
 //! Layout: `<root>/<id>/` holds
 //! - `state.json` — the persisted [`ContainerState`] (OCI state fields plus what later
-//!   commands need), always replaced atomically (write a temp file, fsync, rename);
+//!   commands need), always replaced atomically (write a temp file, rename);
 //! - `config.json` — the spec the container was created from (the bundle may change later);
 //! - `exec.fifo` — the fifo the created init blocks on until `start` (removed by `start`).
 //!
@@ -284,7 +284,7 @@ impl StateDir {
     }
 }
 
-/// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename.
+/// Writes `data` to `path` atomically: a temp file in the same directory, then rename.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -301,7 +301,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
         f.write_all(data).map_err(io_err("write", &tmp))?;
-        f.sync_data().map_err(io_err("fsync", &tmp))?;
+        // No fsync: the rename makes the update atomic for concurrent readers, which is
+        // what matters for state under /run (tmpfs, gone at reboot anyway); an fsync
+        // costs milliseconds per container start on disk-backed roots.
         fs::rename(&tmp, path).map_err(io_err("rename", path))
     })();
     if res.is_err() {

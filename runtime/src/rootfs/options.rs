@@ -40,6 +40,8 @@ pub(crate) struct Parsed {
     /// An id-mapped bind (`idmap`/`ridmap` or mount-level `uidMappings`/`gidMappings`):
     /// the runtime's parent prepares the tree (see `crate::idmount`).
     pub idmap: Option<Idmap>,
+    /// runc's `tmpcopyup`: fill a new tmpfs with what it covers.
+    pub tmpcopyup: bool,
 }
 
 /// How a bind mount is id-mapped.
@@ -312,6 +314,7 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
     let mut rec_attr = MountAttr::default();
     let mut rest: Vec<&str> = Vec::new();
     let mut idmap: Option<Idmap> = None;
+    let mut tmpcopyup = false;
 
     for opt in m.options().as_deref().unwrap_or(&[]) {
         let opt = opt.as_str();
@@ -344,9 +347,7 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
                     let recursive = opt == "ridmap" || idmap.is_some_and(|i| i.recursive);
                     idmap = Some(Idmap { recursive });
                 }
-                "tmpcopyup" => {
-                    return Err("option \"tmpcopyup\" is not supported".to_string());
-                }
+                "tmpcopyup" => tmpcopyup = true,
                 "" => return Err("empty mount option".to_string()),
                 _ => rest.push(opt),
             },
@@ -377,6 +378,9 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
         }
     };
 
+    if tmpcopyup && kind != Kind::Fs("tmpfs".into()) {
+        return Err("option \"tmpcopyup\" is only valid for tmpfs".to_string());
+    }
     let mut data = Vec::new();
     match &kind {
         Kind::Bind { .. } => {
@@ -434,6 +438,7 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
         rec_attr,
         data,
         idmap,
+        tmpcopyup,
     })
 }
 
@@ -542,9 +547,16 @@ mod tests {
         assert!(parse(&mount(r#"{"destination":"/t"}"#)).is_err());
         assert!(parse(&mount(r#"{"destination":"/t","type":"none"}"#)).is_err());
         assert!(parse(&mount(
-            r#"{"destination":"/t","type":"tmpfs","options":["tmpcopyup"]}"#
+            r#"{"destination":"/t","type":"proc","options":["tmpcopyup"]}"#
         ))
         .is_err());
+        assert!(
+            parse(&mount(
+                r#"{"destination":"/t","type":"tmpfs","options":["tmpcopyup"]}"#
+            ))
+            .unwrap()
+            .tmpcopyup
+        );
         // Unknown filesystems pass their data through.
         let p = parse(&mount(
             r#"{"destination":"/t","type":"ext4","source":"/dev/vdb","options":["ro","discard","errors=remount-ro"]}"#,
