@@ -730,6 +730,12 @@ impl Container {
         } else {
             None
         };
+        let joined_user =
+            pid_ns.is_some() && crate::userns::join_user_ns_before_pid_ns(&pidfd, ns_flags)?;
+        if joined_user {
+            // We are in the container's user namespace now; the child inherits it.
+            ns_flags.remove(CloneFlags::CLONE_NEWUSER);
+        }
         let root = sys(
             "open the container's root",
             nix::fcntl::open(
@@ -740,6 +746,9 @@ impl Container {
         )?;
         let (parent_ch, child_ch) = sync::pair()?;
         let saved = enter_pid_ns_for_children(pid_ns.as_ref())?;
+        // From the container's user namespace we may not go back to our pid namespace
+        // (owned by the host's); this process forks nothing else, so it stays.
+        let saved = saved.filter(|_| !joined_user);
         let forked = clone(CloneFlags::empty());
         if forked != Ok(Forked::Child) {
             restore_pid_ns_for_children(saved)?;

@@ -68,6 +68,9 @@ pub enum UsernsError {
          directory; pass --root"
     )]
     NoStateDir(u32),
+    /// Joining the container's user namespace (rootless exec) failed.
+    #[error("join the container's user namespace: {0}")]
+    JoinUserns(#[source] std::io::Error),
     /// Chowning a cgroup directory to the container's root failed.
     #[error("delegate cgroup {path} to the container's root: {source}")]
     Chown {
@@ -316,6 +319,23 @@ pub fn delegate_cgroup<'a>(
         }
     }
     Ok(())
+}
+
+/// For `exec` by a non-root caller: joining the container's pid namespace needs
+/// `CAP_SYS_ADMIN` in the caller's own user namespace too, which only the container's user
+/// namespace gives it. So the caller joins that first (as runc's nsexec does) when `flags`
+/// (the namespaces to join) include it. Returns whether it joined.
+pub fn join_user_ns_before_pid_ns(
+    pidfd: &std::os::fd::OwnedFd,
+    flags: nix::sched::CloneFlags,
+) -> Result<bool> {
+    use std::os::fd::AsFd;
+    let user = nix::sched::CloneFlags::CLONE_NEWUSER;
+    if nix::unistd::geteuid().is_root() || !flags.contains(user) {
+        return Ok(false);
+    }
+    nix::sched::setns(pidfd.as_fd(), user).map_err(|e| UsernsError::JoinUserns(e.into()))?;
+    Ok(true)
 }
 
 /// The container's cgroup, or `None` with a warning when this runtime is rootless (see

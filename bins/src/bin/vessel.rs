@@ -653,7 +653,7 @@ mod tests {
             "id1",
         ])
         .unwrap();
-        assert_eq!(cli.root, PathBuf::from("/r"));
+        assert_eq!(cli.root, Some(PathBuf::from("/r")));
         assert_eq!(cli.log_format, LogFormat::Json);
         match cli.cmd {
             Cmd::Create { args, id } => {
