@@ -384,65 +384,86 @@ fn rootless_config(base: &Value, uid: u32, gid: u32) -> Value {
     cfg
 }
 
-#[test]
-fn rootless_lifecycle_as_an_unprivileged_user() {
-    let test = "rootless_lifecycle_as_an_unprivileged_user";
-    let Some(env) = setup(test) else {
-        return;
-    };
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        common::skip(test, "setpriv (util-linux) missing");
-        return;
-    }
-    let name = format!("vsl{}", std::process::id());
-    let Some(user) = TestUser::create(&name) else {
-        common::skip(test, "useradd failed (package passwd)");
-        return;
-    };
-    // A private bundle and runtime dir, owned by the user.
-    let home = tempfile::Builder::new()
-        .prefix("vessel-rootless-")
-        .tempdir()
-        .unwrap();
-    chmod(home.path(), 0o755);
-    let bundle = home.path().join("bundle");
-    std::fs::create_dir(&bundle).unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(env.bundle_path().join("rootfs"))
-        .arg(&bundle)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let mut cfg = rootless_config(&base_config(), user.uid, user.gid);
-    cfg["process"]["args"] = json!(["sleep", "1000"]);
-    std::fs::write(
-        bundle.join("config.json"),
-        serde_json::to_vec_pretty(&cfg).unwrap(),
-    )
-    .unwrap();
-    let xdg = home.path().join("xdg");
-    std::fs::create_dir(&xdg).unwrap();
-    chmod(&xdg, 0o700);
-    let st = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{}:{}", user.uid, user.gid))
-        .arg(&bundle)
-        .arg(&xdg)
-        .status()
-        .unwrap();
-    assert!(st.success());
+/// An unprivileged user with a private copy of the bundle it owns and a private
+/// `XDG_RUNTIME_DIR`; everything goes away on drop (containers first, then the user).
+struct Rootless {
+    user: TestUser,
+    home: tempfile::TempDir,
+    ids: std::cell::RefCell<Vec<String>>,
+}
 
-    let as_user = |args: &[&str]| -> Output {
+impl Rootless {
+    fn setup(test: &str, env: &Env) -> Option<Rootless> {
+        if Command::new("setpriv").arg("--version").output().is_err() {
+            common::skip(test, "setpriv (util-linux) missing");
+            return None;
+        }
+        let name = common::unique_id("vsl");
+        let Some(user) = TestUser::create(&name) else {
+            common::skip(test, "useradd failed (package passwd)");
+            return None;
+        };
+        let home = tempfile::Builder::new()
+            .prefix("vessel-rootless-")
+            .tempdir()
+            .unwrap();
+        chmod(home.path(), 0o755);
+        let r = Rootless {
+            user,
+            home,
+            ids: Default::default(),
+        };
+        std::fs::create_dir(r.bundle()).unwrap();
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(env.bundle_path().join("rootfs"))
+            .arg(r.bundle())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::create_dir(r.xdg()).unwrap();
+        chmod(&r.xdg(), 0o700);
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", r.user.uid, r.user.gid))
+            .arg(r.bundle())
+            .arg(r.xdg())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Some(r)
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.home.path().join("bundle")
+    }
+
+    fn xdg(&self) -> PathBuf {
+        self.home.path().join("xdg")
+    }
+
+    fn write_config(&self, cfg: &Value) {
+        let p = self.bundle().join("config.json");
+        std::fs::write(&p, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
+        chown(&p, Some(self.user.uid), Some(self.user.gid)).unwrap();
+    }
+
+    /// Runs `vessel args…` as the user.
+    fn vessel(&self, args: &[&str]) -> Output {
+        if let Some(i) = args.iter().position(|a| *a == "run" || *a == "create") {
+            let _ = i;
+            self.ids.borrow_mut().push(args[args.len() - 1].to_string());
+        }
         let mut out = tempfile::tempfile().unwrap();
         let mut err = tempfile::tempfile().unwrap();
         let status = Command::new("setpriv")
-            .arg(format!("--reuid={}", user.uid))
-            .arg(format!("--regid={}", user.gid))
+            .arg(format!("--reuid={}", self.user.uid))
+            .arg(format!("--regid={}", self.user.gid))
             .arg("--clear-groups")
             .arg(vessel_bin())
             .args(args)
-            .env("XDG_RUNTIME_DIR", &xdg)
+            .env("XDG_RUNTIME_DIR", self.xdg())
+            .current_dir(self.bundle())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(err.try_clone().unwrap())
@@ -460,19 +481,36 @@ fn rootless_lifecycle_as_an_unprivileged_user() {
             stdout: read(&mut out),
             stderr: read(&mut err),
         }
-    };
-    let id = common::unique_id("rootless");
-    // Cleanup even on failure: kill and delete as the user, before the user goes.
-    struct Cleanup<'a>(&'a dyn Fn(&[&str]) -> Output, String);
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            let _ = (self.0)(&["delete", "--force", &self.1]);
+    }
+}
+
+impl Drop for Rootless {
+    fn drop(&mut self) {
+        let ids = self.ids.borrow().clone();
+        for id in ids {
+            let _ = self.vessel(&["delete", "--force", &id]);
         }
     }
-    let _cleanup = Cleanup(&as_user, id.clone());
+}
 
-    let b = bundle.to_str().unwrap();
-    let out = as_user(&["run", "--detach", "--bundle", b, &id]);
+#[test]
+fn rootless_lifecycle_as_an_unprivileged_user() {
+    let test = "rootless_lifecycle_as_an_unprivileged_user";
+    let Some(env) = setup(test) else {
+        return;
+    };
+    let Some(r) = Rootless::setup(test, &env) else {
+        return;
+    };
+    let (uid, gid) = (r.user.uid, r.user.gid);
+    let mut cfg = rootless_config(&base_config(), uid, gid);
+    cfg["process"]["args"] = json!(["sleep", "1000"]);
+    r.write_config(&cfg);
+    let xdg = r.xdg();
+    let id = common::unique_id("rootless");
+    let b = r.bundle();
+    let b = b.to_str().unwrap();
+    let out = r.vessel(&["run", "--detach", "--bundle", b, &id]);
     assert!(out.status.success(), "run: {}", stderr(&out));
     assert!(
         stderr(&out).contains("cgroups are not delegated"),
@@ -481,7 +519,7 @@ fn rootless_lifecycle_as_an_unprivileged_user() {
     );
     // State lives under $XDG_RUNTIME_DIR/vessel.
     assert!(xdg.join("vessel").join(&id).join("state.json").exists());
-    let out = as_user(&["state", &id]);
+    let out = r.vessel(&["state", &id]);
     assert!(out.status.success(), "state: {}", stderr(&out));
     let st: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(st["status"], "running", "{st}");
@@ -491,10 +529,10 @@ fn rootless_lifecycle_as_an_unprivileged_user() {
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     assert_eq!(
         uid_line.split_whitespace().nth(1),
-        Some(user.uid.to_string().as_str())
+        Some(uid.to_string().as_str())
     );
 
-    let out = as_user(&[
+    let out = r.vessel(&[
         "exec",
         &id,
         "sh",
@@ -502,17 +540,76 @@ fn rootless_lifecycle_as_an_unprivileged_user() {
         "id -u; cat /proc/self/uid_map /proc/self/setgroups",
     ]);
     assert!(out.status.success(), "exec: {}", stderr(&out));
+    // A self-map, written directly, with setgroups denied as the kernel requires.
     assert_eq!(
         fields(&stdout(&out)),
-        ["0", "0", &user.uid.to_string(), "1", "deny"]
+        ["0", "0", &uid.to_string(), "1", "deny"]
     );
 
-    let out = as_user(&["kill", &id, "KILL"]);
+    let out = r.vessel(&["kill", &id, "KILL"]);
     assert!(out.status.success(), "kill: {}", stderr(&out));
     assert!(wait_gone(pid), "init {pid} still alive after kill");
-    let out = as_user(&["delete", &id]);
+    let out = r.vessel(&["delete", &id]);
     assert!(out.status.success(), "delete: {}", stderr(&out));
     assert!(!xdg.join("vessel").join(&id).exists());
+}
+
+#[test]
+fn rootless_spec_maps_subordinate_ids_through_newuidmap() {
+    let test = "rootless_spec_maps_subordinate_ids_through_newuidmap";
+    let Some(env) = setup(test) else {
+        return;
+    };
+    if !Path::new("/usr/bin/newuidmap").exists() {
+        common::skip(test, "newuidmap missing (Debian package uidmap)");
+        return;
+    }
+    let Some(r) = Rootless::setup(test, &env) else {
+        return;
+    };
+    let sub = |file: &str| -> Option<(String, String)> {
+        let t = std::fs::read_to_string(file).ok()?;
+        let l = t
+            .lines()
+            .find(|l| l.starts_with(&format!("{}:", r.user.name)))?;
+        let f: Vec<&str> = l.split(':').collect();
+        Some((f[1].to_string(), f[2].to_string()))
+    };
+    let (Some((us, uc)), Some((gs, gc))) = (sub("/etc/subuid"), sub("/etc/subgid")) else {
+        common::skip(test, "useradd gave the user no /etc/subuid range");
+        return;
+    };
+    // `vessel spec --rootless` as the user, run as written but for the process.
+    let out = r.vessel(&["spec", "--rootless"]);
+    assert!(out.status.success(), "spec: {}", stderr(&out));
+    let mut cfg: Value =
+        serde_json::from_slice(&std::fs::read(r.bundle().join("config.json")).unwrap()).unwrap();
+    std::fs::remove_file(r.bundle().join("config.json")).unwrap();
+    cfg["process"]["terminal"] = json!(false);
+    // CAP_CHOWN so container root can hand a file to container uid 1000.
+    for set in ["bounding", "effective", "permitted"] {
+        cfg["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("CAP_CHOWN"));
+    }
+    cfg["process"]["args"] = json!([
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map; echo --; cat /proc/self/gid_map; echo --; \
+         touch /dev/shm/x && chown 1000:1000 /dev/shm/x && stat -c %u:%g /dev/shm/x"
+    ]);
+    r.write_config(&cfg);
+    let id = common::unique_id("rlspec");
+    let out = r.vessel(&["run", &id]);
+    assert!(out.status.success(), "run: {}", stderr(&out));
+    let text = stdout(&out);
+    let parts: Vec<&str> = text.split("--").collect();
+    let (uid, gid) = (r.user.uid.to_string(), r.user.gid.to_string());
+    assert_eq!(fields(parts[0]), ["0", &uid, "1", "1", &us, &uc], "{text}");
+    assert_eq!(fields(parts[1]), ["0", &gid, "1", "1", &gs, &gc], "{text}");
+    // Container uid 1000 exists: it is subordinate id start+999 on the host.
+    assert_eq!(parts[2].trim(), "1000:1000", "{text}");
 }
 
 #[test]

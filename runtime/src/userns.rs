@@ -186,6 +186,44 @@ pub fn write_id_maps(pid: i32, uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -
     Ok(())
 }
 
+/// The first range of `/etc/subuid`-style `text` for the user `name` or `uid`.
+fn sub_range(text: &str, name: Option<&str>, uid: u32) -> Option<(u32, u32)> {
+    text.lines().find_map(|l| {
+        let mut it = l.trim().splitn(3, ':');
+        let who = it.next()?;
+        let start = it.next()?.parse().ok()?;
+        let count: u32 = it.next()?.parse().ok()?;
+        let me = Some(who) == name || who == uid.to_string();
+        (me && count > 0).then_some((start, count))
+    })
+}
+
+/// The mappings `vessel spec --rootless` writes for the caller: its uid/gid as the
+/// container's root, plus, when `newuidmap`/`newgidmap` are installed and
+/// `/etc/subuid`/`/etc/subgid` give the caller ranges, those ranges as ids 1.. (so the
+/// container has more than one user); otherwise only the self-map, like `runc spec
+/// --rootless`. Returned as (uidMappings, gidMappings) JSON arrays.
+pub fn rootless_mappings() -> (serde_json::Value, serde_json::Value) {
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let helpers = find_helper("newuidmap").is_some() && find_helper("newgidmap").is_some();
+    let maps = |own: u32, file: &str| {
+        let mut v = vec![serde_json::json!({"containerID": 0, "hostID": own, "size": 1})];
+        let sub = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| sub_range(&t, name.as_deref(), uid));
+        if let (true, Some((start, count))) = (helpers, sub) {
+            v.push(serde_json::json!({"containerID": 1, "hostID": start, "size": count}));
+        }
+        serde_json::Value::Array(v)
+    };
+    (maps(uid, "/etc/subuid"), maps(gid, "/etc/subgid"))
+}
+
 /// Whether this process is not root of the initial user namespace: a plain user, or any
 /// process inside a user namespace (e.g. a runtime nested in a container).
 pub fn is_rootless() -> bool {
@@ -446,18 +484,38 @@ mod tests {
     }
 
     #[test]
-    fn in_user_namespace_is_false_on_the_host() {
-        if nix::unistd::geteuid().is_root()
-            && std::fs::read_to_string("/proc/self/uid_map")
-                .unwrap()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                == ["0", "0", "4294967295"]
-        {
-            assert!(!in_user_namespace());
-            assert!(!is_rootless());
-        } else {
-            println!("SKIPPED: not root of the initial user namespace");
+    fn subordinate_ranges_by_name_or_uid() {
+        let text = "alice:100000:65536\n1001:200000:1000\nbob:300000:0\n";
+        assert_eq!(sub_range(text, Some("alice"), 1000), Some((100000, 65536)));
+        assert_eq!(sub_range(text, Some("carol"), 1001), Some((200000, 1000)));
+        assert_eq!(sub_range(text, Some("bob"), 1002), None);
+    }
+
+    #[test]
+    fn a_new_user_namespace_is_detected() {
+        // SAFETY: the child only unshares, reads a proc file and _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let before = in_user_namespace();
+                let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
+                let after = in_user_namespace() && is_rootless();
+                let code = match (ok, before, after) {
+                    (false, _, _) => 2,
+                    (true, _, true) => 0,
+                    _ => 1,
+                };
+                // SAFETY: leaves the child without running the harness's destructors.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                match st {
+                    nix::sys::wait::WaitStatus::Exited(_, 2) => {
+                        println!("SKIPPED: cannot create a user namespace")
+                    }
+                    other => assert_eq!(other, nix::sys::wait::WaitStatus::Exited(child, 0)),
+                }
+            }
         }
     }
 }
