@@ -21,7 +21,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
 
 /// Errors of namespace handling.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,9 @@ pub enum NamespaceError {
         #[source]
         source: std::io::Error,
     },
+    /// Bad id mappings, or writing them failed.
+    #[error(transparent)]
+    Idmap(#[from] crate::idmap::IdmapError),
     /// A combination this runtime does not implement.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -204,10 +207,24 @@ pub fn enter(joins: &[(Join, File)], unshare_flags: CloneFlags) -> Result<()> {
     Ok(())
 }
 
+/// The spec's uid and gid mappings.
+fn id_maps(spec: &Spec) -> (Vec<LinuxIdMapping>, Vec<LinuxIdMapping>) {
+    crate::userns::spec_mappings(spec)
+}
+
+/// Checks the id mappings as the kernel will (parent side, before the clone).
+pub fn validate_id_maps(spec: &Spec) -> Result<()> {
+    let (uid, gid) = id_maps(spec);
+    crate::idmap::validate("uid", &uid)?;
+    crate::idmap::validate("gid", &gid)?;
+    Ok(())
+}
+
 /// Writes the uid and gid maps of the child `pid`'s new user namespace (from the parent;
-/// see [`crate::userns::write_id_maps`] for who may write what).
+/// see [`crate::userns::write_id_maps`] for who may write what: a non-root caller goes
+/// through newuidmap/newgidmap).
 pub fn write_id_maps(pid: i32, spec: &Spec) -> std::result::Result<(), crate::userns::UsernsError> {
-    let (uid, gid) = crate::userns::spec_mappings(spec);
+    let (uid, gid) = id_maps(spec);
     crate::userns::write_id_maps(pid, &uid, &gid)
 }
 
@@ -295,5 +312,18 @@ mod tests {
         .unwrap();
         assert_eq!(p.pid_join.as_deref(), Some(Path::new("/proc/1/ns/pid")));
         assert!(!p.new_pid);
+    }
+
+    #[test]
+    fn overlapping_id_maps_are_refused() {
+        let mut v = crate::spec::default_spec(false);
+        v["linux"]["namespaces"] = json!([{"type": "user"}, {"type": "mount"}]);
+        v["linux"]["uidMappings"] = json!([
+            {"containerID": 0, "hostID": 100000, "size": 100},
+            {"containerID": 50, "hostID": 300000, "size": 100}
+        ]);
+        v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 100}]);
+        let spec: Spec = serde_json::from_value(v).unwrap();
+        assert!(validate_id_maps(&spec).is_err());
     }
 }

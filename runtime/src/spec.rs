@@ -329,10 +329,6 @@ fn check_spec(spec: &Spec) -> Result<()> {
             "a new user namespace needs linux.uidMappings and linux.gidMappings".into(),
         ));
     }
-    for (kind, m) in [("uid", linux.uid_mappings()), ("gid", linux.gid_mappings())] {
-        crate::idmap::validate(kind, m.as_deref().unwrap_or(&[]))
-            .map_err(|e| SpecError::Invalid(format!("linux.{kind}Mappings: {e}")))?;
-    }
     if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
         return Err(SpecError::Invalid(
             "hostname needs a new uts namespace".into(),

@@ -222,6 +222,30 @@ impl StateDir {
         })
     }
 
+    /// Removes the directory of a create that died before saving its state (no
+    /// `state.json`, nobody holding the lock). Returns whether there was one.
+    pub fn remove_stale(root: &Path, id: &str) -> Result<bool> {
+        validate_id(id)?;
+        let dir = root.join(id);
+        if dir.join(STATE_FILE).exists() {
+            return Ok(false);
+        }
+        let f = match File::open(&dir) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("open", &dir)(e)),
+        };
+        // A create in progress holds the lock: not stale.
+        let Ok(_lock) = Flock::lock(f, FlockArg::LockExclusiveNonblock) else {
+            return Ok(false);
+        };
+        if dir.join(STATE_FILE).exists() {
+            return Ok(false);
+        }
+        fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        Ok(true)
+    }
+
     /// The directory path.
     pub fn path(&self) -> &Path {
         &self.dir
@@ -447,6 +471,22 @@ mod tests {
         ));
         assert!(list_ids(root.path()).unwrap().is_empty());
         assert!(matches!(dir.lock(), Err(StateError::NotFound(_))));
+    }
+
+    #[test]
+    fn stale_create_dirs_are_removed_unless_locked() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, lock) = StateDir::create(root.path(), "c3").unwrap();
+        // Being created (locked): not stale.
+        assert!(!StateDir::remove_stale(root.path(), "c3").unwrap());
+        drop(lock);
+        assert!(StateDir::remove_stale(root.path(), "c3").unwrap());
+        assert!(!dir.path().exists());
+        // A saved container is never stale.
+        let (dir, _) = StateDir::create(root.path(), "c4").unwrap();
+        dir.save(&sample("c4")).unwrap();
+        assert!(!StateDir::remove_stale(root.path(), "c4").unwrap());
+        assert!(!StateDir::remove_stale(root.path(), "nope").unwrap());
     }
 
     #[test]

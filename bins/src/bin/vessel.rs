@@ -422,7 +422,14 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
             Ok(0)
         }
         Cmd::Delete { force, id } => {
-            let c = Container::load(root, id)?;
+            let c = match Container::load(root, id) {
+                Ok(c) => c,
+                // A create that was killed half-way: clean its directory.
+                Err(e) => match Container::remove_stale(root, id) {
+                    Ok(true) => return Ok(0),
+                    _ => return Err(e.into()),
+                },
+            };
             for w in c.delete(*force)? {
                 log.warn(&w);
             }
