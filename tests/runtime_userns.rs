@@ -505,6 +505,19 @@ fn rootless_lifecycle_as_an_unprivileged_user() {
     let (uid, gid) = (r.user.uid, r.user.gid);
     let mut cfg = rootless_config(&base_config(), uid, gid);
     cfg["process"]["args"] = json!(["sleep", "1000"]);
+    // A network namespace of its own (owned by the user namespace): only `lo` in it.
+    cfg["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "network"}));
+    // With its own network namespace the container may mount a sysfs of its own (instead
+    // of the host's, bound read-only), which shows only the container's devices.
+    for m in cfg["mounts"].as_array_mut().unwrap() {
+        if m["destination"] == "/sys" {
+            *m = json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                        "options": ["nosuid", "noexec", "nodev", "ro"]});
+        }
+    }
     r.write_config(&cfg);
     let xdg = r.xdg();
     let id = common::unique_id("rootless");
@@ -537,13 +550,15 @@ fn rootless_lifecycle_as_an_unprivileged_user() {
         &id,
         "sh",
         "-c",
-        "id -u; cat /proc/self/uid_map /proc/self/setgroups",
+        "id -u; cat /proc/self/uid_map /proc/self/setgroups; ls /sys/class/net; \
+         [ -c /dev/null ] && echo x > /dev/null && stat -c %t:%T /dev/null",
     ]);
     assert!(out.status.success(), "exec: {}", stderr(&out));
-    // A self-map, written directly, with setgroups denied as the kernel requires.
+    // A self-map, written directly, with setgroups denied as the kernel requires; no host
+    // network devices; /dev/null (bound from the host: no mknod in a user namespace) works.
     assert_eq!(
         fields(&stdout(&out)),
-        ["0", "0", &uid.to_string(), "1", "deny"]
+        ["0", "0", &uid.to_string(), "1", "deny", "lo", "1:3"]
     );
 
     let out = r.vessel(&["kill", &id, "KILL"]);
