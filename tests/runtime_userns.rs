@@ -450,8 +450,7 @@ impl Rootless {
 
     /// Runs `vessel args…` as the user.
     fn vessel(&self, args: &[&str]) -> Output {
-        if let Some(i) = args.iter().position(|a| *a == "run" || *a == "create") {
-            let _ = i;
+        if args.first().is_some_and(|a| *a == "run" || *a == "create") {
             self.ids.borrow_mut().push(args[args.len() - 1].to_string());
         }
         let mut out = tempfile::tempfile().unwrap();
@@ -699,7 +698,16 @@ fn nested_vessel_runs_a_container_inside_a_container() {
         .unwrap();
     assert!(st.success());
     let mut icfg = base_config();
-    icfg["process"]["args"] = json!(["hostname"]);
+    icfg["process"]["args"] = json!(["sh", "-c", "hostname; grep :pids: /proc/self/cgroup"]);
+    // No cgroup namespace: the inner container sees where the inner runtime put it.
+    let ns: Vec<Value> = icfg["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["type"] != "cgroup")
+        .cloned()
+        .collect();
+    icfg["linux"]["namespaces"] = json!(ns);
     icfg["hostname"] = json!("inner-vessel");
     icfg["linux"].as_object_mut().unwrap().remove("resources");
     std::fs::write(
@@ -787,5 +795,17 @@ fn nested_vessel_runs_a_container_inside_a_container() {
         stderr(&out),
         stdout(&out)
     );
-    assert_eq!(stdout(&out).trim(), "inner-vessel", "{}", stderr(&out));
+    // The inner runtime could make its container's cgroup below the outer container's,
+    // which was delegated to the outer root: no "not delegated" warning, and the inner
+    // container sits in vessel/inner-1 relative to the outer cgroup namespace.
+    assert!(
+        !stderr(&out).contains("not delegated"),
+        "inner runtime skipped cgroups: {}",
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], "inner-vessel");
+    assert!(lines[1].ends_with(":pids:/vessel/inner-1"), "{text}");
 }

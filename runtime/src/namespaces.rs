@@ -154,6 +154,11 @@ impl NamespacePlan {
                     ))
                 }
                 (None, _) if user_joined => plan.unshare_flags |= clone_flag(kind),
+                // The cgroup namespace is rooted at the cgroup of whoever unshares it: the
+                // init unshares it after `Go`, i.e. once the parent has moved it into the
+                // container's cgroup (as runc does), never at clone time, when it is still
+                // in the caller's cgroup and would see its siblings.
+                (None, LinuxNamespaceType::Cgroup) => plan.unshare_flags |= clone_flag(kind),
                 (None, _) => plan.clone_flags |= clone_flag(kind),
             }
             if ns.path().is_none() {
@@ -302,6 +307,19 @@ mod tests {
         ])))
         .unwrap_err();
         assert!(e.to_string().starts_with("unsupported"));
+    }
+
+    #[test]
+    fn cgroup_namespace_is_unshared_after_the_cgroup_is_joined() {
+        let p = NamespacePlan::from_spec(&spec(json!([
+            {"type": "user"}, {"type": "cgroup"}, {"type": "mount"}
+        ])))
+        .unwrap();
+        assert_eq!(p.unshare_flags, CloneFlags::CLONE_NEWCGROUP);
+        assert_eq!(
+            p.clone_flags,
+            CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS
+        );
     }
 
     #[test]
