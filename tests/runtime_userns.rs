@@ -177,10 +177,17 @@ fn idmapped_bind_shows_disk_owners_and_writes_unmapped_ones() {
     chown(dir2.join("g"), Some(1000), Some(1000)).unwrap();
     mount_point(&env, "/idm", false);
     mount_point(&env, "/idm2", false);
+    mount_point(&env, "/idmro", false);
     let mut cfg = userns_config(
         &env,
         "stat -c %u:%g /idm/f; cat /idm/f; echo; touch /idm/made; stat -c %u:%g /idm/made; \
-         stat -c %u:%g /idm2/g",
+         stat -c %u:%g /idm2/g; touch /idmro/x 2>/dev/null && echo RW || echo RO; \
+         stat -c %u /idmro/f",
+    );
+    // Id-mapped and read-only: the mount's attributes apply on top of the id map.
+    add_mount(
+        &mut cfg,
+        json!({"destination": "/idmro", "type": "bind", "source": dir, "options": ["bind", "idmap", "ro"]}),
     );
     // `idmap` alone: the container's own mapping (disk 0 = container 0).
     add_mount(
@@ -200,7 +207,7 @@ fn idmapped_bind_shows_disk_owners_and_writes_unmapped_ones() {
     let out = run_ok(&env, &common::unique_id("idm"));
     assert_eq!(
         fields(&out),
-        ["0:0", "owned-by-0", "0:0", "5:7"],
+        ["0:0", "owned-by-0", "0:0", "5:7", "RO", "0"],
         "inside: {out}"
     );
     // Written by container root (host BASE) through the mount: owner 0 on disk.
