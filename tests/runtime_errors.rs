@@ -118,6 +118,9 @@ fn state_errors() {
             stderr(&out)
         );
     }
+    // Like runc, a forced delete of a missing container succeeds.
+    let out = env.vessel(&["delete", "--force", "nope"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = env.vessel_b("run", &["--detach"], &id);
     assert!(out.status.success(), "run -d: {}", stderr(&out));
     // Duplicate id: refused, the first container untouched.

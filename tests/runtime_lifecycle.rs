@@ -350,3 +350,73 @@ fn exec_with_a_process_file() {
     std::fs::remove_file(&pf).unwrap();
     std::fs::remove_file(&pid_file).unwrap();
 }
+
+#[test]
+fn spec_writes_a_runnable_default_and_features_describe_the_build() {
+    let Some(env) = setup("spec_writes_a_runnable_default_and_features_describe_the_build") else {
+        return;
+    };
+    std::fs::remove_file(env.bundle_path().join("config.json")).unwrap();
+    let b = env.bundle_path().to_str().unwrap();
+    let out = env.vessel(&["spec", "--bundle", b]);
+    assert!(out.status.success(), "spec: {}", stderr(&out));
+    let out = env.vessel(&["spec", "--bundle", b]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+    // The default (terminal: true, sh) runs in the foreground with the pty relayed.
+    let path = env.bundle_path().join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["process"]["terminal"], true);
+    v["process"]["args"] = serde_json::json!(["sh", "-c", "echo default-ok; exit 2"]);
+    std::fs::write(&path, v.to_string()).unwrap();
+    let id = common::unique_id("spec");
+    let out = env.vessel_b("run", &[], &id);
+    assert_eq!(out.status.code(), Some(2), "run: {}", stderr(&out));
+    assert!(stdout(&out).contains("default-ok"), "{}", stdout(&out));
+
+    let out = env.vessel(&["features"]);
+    assert!(out.status.success());
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["ociVersionMin"], "1.0.0");
+    let ns = f["linux"]["namespaces"].as_array().unwrap();
+    assert!(ns.iter().any(|n| n == "time") && ns.iter().any(|n| n == "user"));
+    assert_eq!(f["linux"]["seccomp"]["enabled"], true);
+    assert!(f["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h == "createRuntime"));
+    let out = env.vessel(&["--version"]);
+    assert!(stdout(&out).starts_with("vessel "), "{}", stdout(&out));
+}
+
+#[test]
+fn force_delete_of_a_frozen_container() {
+    let Some(env) = setup("force_delete_of_a_frozen_container") else {
+        return;
+    };
+    let id = common::unique_id("frozen");
+    env.write_config(&env.config_with_args(&["sleep", "1000"]));
+    let out = env.vessel_b("run", &["--detach"], &id);
+    assert!(out.status.success(), "run -d: {}", stderr(&out));
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    // Freeze it through its v1 freezer cgroup, as `pause` would.
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let Some(path) = cg
+        .lines()
+        .find_map(|l| l.split_once(":freezer:").map(|(_, p)| p.to_string()))
+    else {
+        common::skip(
+            "force_delete_of_a_frozen_container",
+            "no v1 freezer hierarchy",
+        );
+        return;
+    };
+    let state = format!("/sys/fs/cgroup/freezer{path}/freezer.state");
+    std::fs::write(&state, "FROZEN").unwrap();
+    let out = env.vessel(&["delete", "--force", &id]);
+    assert!(out.status.success(), "delete: {}", stderr(&out));
+    assert!(wait_gone(pid));
+    assert!(!env.state_dir(&id).exists());
+    assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+}

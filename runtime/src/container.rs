@@ -682,6 +682,17 @@ impl Container {
         for p in pids {
             let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
         }
+        // Frozen processes only die once thawed (paused, or frozen by someone else).
+        if let Some(cg) = self
+            .state
+            .cgroup
+            .as_ref()
+            .and_then(integration::cgroup_from_json)
+        {
+            if cg.is_frozen().unwrap_or(false) {
+                let _ = cg.thaw();
+            }
+        }
         if let Some(fd) = pidfd {
             wait_pidfd_exit(&fd, Duration::from_secs(10));
         }

@@ -424,9 +424,19 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
         Cmd::Delete { force, id } => {
             let c = match Container::load(root, id) {
                 Ok(c) => c,
-                // A create that was killed half-way: clean its directory.
+                // A create that was killed half-way: clean its directory. Like runc,
+                // `delete --force` of a container that does not exist succeeds (shims
+                // call it after a failed create).
                 Err(e) => match Container::remove_stale(root, id) {
                     Ok(true) => return Ok(0),
+                    _ if *force
+                        && matches!(
+                            e,
+                            vessel_runtime::ContainerError::State(state::StateError::NotFound(_))
+                        ) =>
+                    {
+                        return Ok(0)
+                    }
                     _ => return Err(e.into()),
                 },
             };
