@@ -16,7 +16,6 @@
 //!   mount gets its cgroup directories chowned to its root, so a runtime inside it can
 //!   create child cgroups (nesting, as LXD's `security.nesting`).
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -327,8 +326,19 @@ pub fn wants_cgroup_delegation(spec: &Spec) -> bool {
     new(LinuxNamespaceType::User) && new(LinuxNamespaceType::Cgroup) && rw_cgroup_mount
 }
 
-/// Chowns the container's cgroup directories `dirs` (which this runtime created) and the
-/// files in them to `uid:gid`, so the container's root can manage its own sub-cgroups.
+/// Files of a delegated cgroup its new owner gets (systemd's delegation list, plus v1's
+/// `tasks`): enough to create sub-cgroups and move processes, but not the cgroup's own limit
+/// files, which stay root's so the container cannot raise its own limits.
+const DELEGATED_FILES: &[&str] = &[
+    "cgroup.procs",
+    "cgroup.threads",
+    "cgroup.subtree_control",
+    "tasks",
+];
+
+/// Chowns the container's cgroup directories `dirs` (which this runtime created) and their
+/// [`DELEGATED_FILES`] to `uid:gid`, so the container's root can manage its own
+/// sub-cgroups.
 pub fn delegate_cgroup<'a>(
     dirs: impl IntoIterator<Item = &'a Path>,
     uid: u32,
@@ -344,14 +354,9 @@ pub fn delegate_cgroup<'a>(
     };
     for dir in dirs {
         chown(dir)?;
-        let entries = std::fs::read_dir(dir).map_err(|source| UsernsError::Chown {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        for e in entries.flatten() {
-            let p = e.path();
-            // Only files: child cgroups (directories) are not ours to hand out.
-            if e.metadata().is_ok_and(|m| m.is_file() && m.uid() != uid) {
+        for f in DELEGATED_FILES {
+            let p = dir.join(f);
+            if p.exists() {
                 chown(&p)?;
             }
         }
@@ -481,6 +486,28 @@ mod tests {
             }
         }
         assert!(wants_cgroup_delegation(&spec(&v)));
+    }
+
+    #[test]
+    fn delegation_hands_out_the_directory_and_procs_not_the_limits() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIPPED: needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        for f in ["cgroup.procs", "tasks", "memory.limit_in_bytes"] {
+            std::fs::write(d.path().join(f), "").unwrap();
+        }
+        delegate_cgroup([d.path()], 123456, 654321).unwrap();
+        let owner = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.uid(), m.gid())
+        };
+        assert_eq!(owner(d.path()), (123456, 654321));
+        assert_eq!(owner(&d.path().join("cgroup.procs")), (123456, 654321));
+        assert_eq!(owner(&d.path().join("tasks")), (123456, 654321));
+        assert_eq!(owner(&d.path().join("memory.limit_in_bytes")), (0, 0));
     }
 
     #[test]
