@@ -275,7 +275,7 @@ fn concurrent_commands_on_one_id_are_serialized() {
     }
     let pid = env.state(&id)["pid"].as_i64().unwrap();
     // Four start + force-delete pairs at once: one start wins or none (if a delete came
-    // first); exactly one delete succeeds; the rest fail cleanly.
+    // first); the deletes all succeed; failed starts fail cleanly.
     let outs: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..4)
             .flat_map(|_| {
@@ -299,7 +299,8 @@ fn concurrent_commands_on_one_id_are_serialized() {
         .filter(|o| o.status.success())
         .count();
     assert!(starts <= 1, "{starts} starts succeeded");
-    assert_eq!(deletes, 1);
+    // One delete removes it; like runc, forced deletes of a gone container succeed too.
+    assert_eq!(deletes, 4);
     for o in outs.iter().filter(|o| !o.status.success()) {
         let e = stderr(o);
         assert!(

@@ -440,10 +440,21 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
                     _ => return Err(e.into()),
                 },
             };
-            for w in c.delete(*force)? {
-                log.warn(&w);
+            match c.delete(*force) {
+                Ok(warnings) => {
+                    for w in warnings {
+                        log.warn(&w);
+                    }
+                    Ok(0)
+                }
+                // Deleted by someone else while we waited for the lock.
+                Err(vessel_runtime::ContainerError::State(state::StateError::NotFound(_)))
+                    if *force =>
+                {
+                    Ok(0)
+                }
+                Err(e) => Err(e.into()),
             }
-            Ok(0)
         }
         Cmd::Exec {
             process,
