@@ -334,6 +334,25 @@ mod tests {
     }
 
     #[test]
+    fn rootfs_annotation_makes_a_root_tree_and_needs_a_user_namespace() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIPPED: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = crate::spec::default_spec(false);
+        v["mounts"] = json!([]);
+        v["annotations"] = json!({ROOTFS_IDMAP_ANNOTATION: "true"});
+        let spec: Spec = serde_json::from_value(v.clone()).unwrap();
+        let e = prepare(&spec, Path::new("/"), dir.path()).unwrap_err();
+        assert!(matches!(e, IdmountError::NoUserNamespace { .. }), "{e}");
+        let mut with_user = spec_with(json!([]), true);
+        with_user.set_annotations(spec.annotations().clone());
+        let t = prepare(&with_user, Path::new("/"), dir.path()).unwrap();
+        assert!(t.root().is_some() && t.mounts.is_empty());
+    }
+
+    #[test]
     fn tmpdir_source_gets_a_detached_tree() {
         if !nix::unistd::geteuid().is_root() {
             println!("SKIPPED: needs root");

@@ -511,6 +511,18 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_helper_is_named_in_the_error() {
+        let m = maps(json!([{"containerID": 0, "hostID": 100000, "size": 65536}]));
+        let e = run_helper("vessel-no-such-idmap-helper", "uid", 1, &m).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, UsernsError::NoHelper { .. }), "{text}");
+        assert!(
+            text.contains("vessel-no-such-idmap-helper") && text.contains("0 100000 65536"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn subordinate_ranges_by_name_or_uid() {
         let text = "alice:100000:65536\n1001:200000:1000\nbob:300000:0\n";
         assert_eq!(sub_range(text, Some("alice"), 1000), Some((100000, 65536)));
