@@ -337,7 +337,8 @@ const DELEGATED_FILES: &[&str] = &[
 ];
 
 /// Chowns the container's cgroup directories `dirs` (which this runtime created) and their
-/// [`DELEGATED_FILES`] to `uid:gid`, so the container's root can manage its own
+/// delegation files (`cgroup.procs`, `cgroup.threads`, `cgroup.subtree_control`, `tasks`) to
+/// `uid:gid`, so the container's root can manage its own
 /// sub-cgroups.
 pub fn delegate_cgroup<'a>(
     dirs: impl IntoIterator<Item = &'a Path>,
