@@ -249,6 +249,11 @@ impl UserNamespace {
         }
     }
 
+    /// The namespace's fd, owned.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// The namespace's fd.
     pub fn fd(&self) -> BorrowedFd<'_> {
         use std::os::fd::AsFd;

@@ -92,6 +92,35 @@ impl IdmappedTrees {
         self.root.as_ref().map(|fd| fd.as_fd())
     }
 
+    /// Duplicates of the trees in the form [`crate::rootfs::prepare_with_root`] takes
+    /// (the init holds the parent's copy by reference).
+    pub fn for_rootfs(
+        &self,
+    ) -> Result<(Vec<crate::rootfs::PreparedMount>, Option<OwnedFd>), crate::rootfs::RootfsError>
+    {
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone().map_err(|e| {
+                crate::rootfs::RootfsError::path(
+                    "duplicate an id-mapped tree",
+                    "",
+                    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)),
+                )
+            })
+        };
+        let mounts = self
+            .mounts
+            .iter()
+            .map(|(index, fd)| {
+                Ok(crate::rootfs::PreparedMount {
+                    index: *index,
+                    fd: dup(fd)?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let root = self.root.as_ref().map(dup).transpose()?;
+        Ok((mounts, root))
+    }
+
     /// Whether nothing is id-mapped.
     pub fn is_empty(&self) -> bool {
         self.root.is_none() && self.mounts.is_empty()

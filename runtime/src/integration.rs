@@ -58,7 +58,10 @@ pub fn rootfs_prepare(
     opts: RootfsOptions,
     idmapped: &crate::idmount::IdmappedTrees,
 ) -> Result<()> {
-    Ok(crate::rootfs::prepare_with(spec, rootfs, &opts, idmapped)?)
+    let (premounted, root) = idmapped.for_rootfs()?;
+    Ok(crate::rootfs::prepare_with_root(
+        spec, rootfs, &opts, premounted, root,
+    )?)
 }
 
 /// Compiled seccomp filter.

@@ -25,14 +25,16 @@
 //!   the filesystems a container spec normally uses (proc, sysfs, tmpfs,
 //!   devpts, mqueue, cgroup, cgroup2, bind); other filesystems get every
 //!   non-generic option as data;
-//! - id-mapped mounts (`idmap`, `ridmap`, `uidMappings`) are refused with a
-//!   clear error: the kernel only lets the initial user namespace idmap a
-//!   host filesystem, so they must be created by the parent and handed in;
+//! - id-mapped mounts (`idmap`, `ridmap`, `uidMappings`) are built by the
+//!   runtime's parent with [`prepare_idmapped`] (the kernel only lets the
+//!   initial user namespace idmap a host filesystem) and attached by
+//!   [`prepare_with`];
 //! - runc's `tmpcopyup` extension copies owner and mode, not timestamps.
 
 mod copyup;
 mod devices;
 mod error;
+mod idmap;
 mod mountinfo;
 mod mounts;
 mod options;
@@ -54,9 +56,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use crate::idmount::IdmappedTrees;
-
 pub use error::RootfsError;
+pub use idmap::{prepare_idmapped, PreparedMount};
 pub use sysctl::apply_sysctl;
 pub use validate::{root_path, validate};
 
@@ -93,17 +94,30 @@ pub struct Options {
 /// can make /proc/sys read-only); calling [`apply_sysctl`] afterwards is
 /// harmless but unnecessary.
 pub fn prepare(spec: &Spec, rootfs: &Path, opts: &Options) -> Result<(), RootfsError> {
-    prepare_with(spec, rootfs, opts, &IdmappedTrees::default())
+    prepare_with(spec, rootfs, opts, Vec::new())
 }
 
-/// [`prepare`] with id-mapped trees made by the runtime's parent (see [`crate::idmount`]):
-/// `idmapped.root()` replaces the bind of the rootfs onto itself, `idmapped.mount(i)` the
-/// source of bind mount `i`.
+/// [`prepare`] with the ID-mapped mounts the parent built with
+/// [`prepare_idmapped`] (required when a mount uses `idmap`/`ridmap` or
+/// `uidMappings`; each is attached in place of cloning its source).
 pub fn prepare_with(
     spec: &Spec,
     rootfs: &Path,
     opts: &Options,
-    idmapped: &IdmappedTrees,
+    premounted: Vec<PreparedMount>,
+) -> Result<(), RootfsError> {
+    prepare_with_root(spec, rootfs, opts, premounted, None)
+}
+
+/// [`prepare_with`], and with `idmapped_root` (a detached id-mapped clone of the rootfs made
+/// by the parent, see [`crate::idmount`]) attached in place of the bind of the rootfs onto
+/// itself.
+pub fn prepare_with_root(
+    spec: &Spec,
+    rootfs: &Path,
+    opts: &Options,
+    premounted: Vec<PreparedMount>,
+    idmapped_root: Option<std::os::fd::OwnedFd>,
 ) -> Result<(), RootfsError> {
     if !rootfs.is_absolute() {
         return Err(RootfsError::RootPath {
@@ -169,14 +183,14 @@ pub fn prepare_with(
     }
 
     // 2. The rootfs becomes a mount point of its own (id-mapped if asked).
-    if let Some(tree) = idmapped.root() {
+    if let Some(tree) = idmapped_root {
         let target = open(
             rootfs,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| RootfsError::path("open rootfs", rootfs, e))?;
-        sys::move_mount_fd(tree, target.as_fd())
+        sys::move_mount_fd(tree.as_fd(), target.as_fd())
             .map_err(|e| RootfsError::path("attach the id-mapped rootfs", rootfs, e))?;
     } else {
         mount(
@@ -202,7 +216,7 @@ pub fn prepare_with(
         rootfs,
         cgroupns,
         mountinfo: table,
-        idmapped,
+        premounted,
     };
     for (i, m) in spec_mounts.iter().enumerate() {
         mounts::mount_entry(&mut ctx, i, m)?;

@@ -21,6 +21,7 @@ use oci_spec::runtime::Mount;
 
 use super::copyup;
 use super::error::RootfsError;
+use super::idmap::PreparedMount;
 use super::mountinfo::{self, MountEntry};
 use super::options::{self, Kind, Parsed};
 use super::resolve::{ensure_in_root, open_in_root, Want};
@@ -36,8 +37,8 @@ pub(crate) struct Ctx<'a> {
     pub cgroupns: bool,
     /// Host mount table, read at most once and only when needed.
     pub mountinfo: Option<Vec<MountEntry>>,
-    /// Id-mapped bind sources prepared by the runtime's parent.
-    pub idmapped: &'a crate::idmount::IdmappedTrees,
+    /// ID-mapped trees built by the parent (see `idmap`).
+    pub premounted: Vec<PreparedMount>,
 }
 
 impl Ctx<'_> {
@@ -172,15 +173,16 @@ fn bind(
         .as_deref()
         .ok_or(Errno::EINVAL)
         .map_err(e.at("bind mount needs a source"))?;
-    let cloned;
-    let tree = match (ctx.idmapped.mount(index), parsed_idmap(p)) {
-        (Some(t), _) => t,
-        // Validation and the parent guarantee the tree; never bind unmapped instead.
-        (None, true) => return Err(e.at("id-mapped tree missing")(Errno::EINVAL)),
-        (None, false) => {
-            cloned = clone_tree(source, recursive).map_err(e.at("open_tree (source)"))?;
-            cloned.as_fd()
-        }
+    let tree = if p.idmap.is_some() {
+        let pos = ctx
+            .premounted
+            .iter()
+            .position(|pm| pm.index == index)
+            .ok_or(Errno::EINVAL)
+            .map_err(e.at("ID-mapped mount not prepared by the parent (prepare_idmapped)"))?;
+        ctx.premounted.swap_remove(pos).fd
+    } else {
+        clone_tree(source, recursive).map_err(e.at("open_tree (source)"))?
     };
     let want = if is_dir(tree.as_fd()).map_err(e.at("stat source"))? {
         Want::Dir
@@ -192,10 +194,6 @@ fn bind(
     apply_attrs(tree.as_fd(), p, p.bind_attr(), e)?;
     sys::move_mount_fd(tree.as_fd(), target.as_fd()).map_err(e.at("move_mount"))?;
     apply_propagation(tree.as_fd(), p, e)
-}
-
-fn parsed_idmap(p: &Parsed) -> bool {
-    p.idmap.is_some()
 }
 
 fn filesystem(

@@ -37,18 +37,11 @@ pub(crate) struct Parsed {
     pub rec_attr: MountAttr,
     /// Filesystem-specific options, passed to the kernel as mount data.
     pub data: Vec<String>,
-    /// An id-mapped bind (`idmap`/`ridmap` or mount-level `uidMappings`/`gidMappings`):
-    /// the runtime's parent prepares the tree (see `crate::idmount`).
-    pub idmap: Option<Idmap>,
     /// runc's `tmpcopyup`: fill a new tmpfs with what it covers.
     pub tmpcopyup: bool,
-}
-
-/// How a bind mount is id-mapped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Idmap {
-    /// `ridmap`: submounts of an `rbind` are id-mapped too.
-    pub recursive: bool,
+    /// ID-mapped bind: `Some(recursive)` for `idmap` / `ridmap` (or mappings
+    /// given without either option).
+    pub idmap: Option<bool>,
 }
 
 impl Parsed {
@@ -313,8 +306,8 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
     let mut propagation = Vec::new();
     let mut rec_attr = MountAttr::default();
     let mut rest: Vec<&str> = Vec::new();
-    let mut idmap: Option<Idmap> = None;
     let mut tmpcopyup = false;
+    let mut idmap: Option<bool> = None;
 
     for opt in m.options().as_deref().unwrap_or(&[]) {
         let opt = opt.as_str();
@@ -343,26 +336,23 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
                 rec_attr.clr |= libc::MOUNT_ATTR__ATIME;
             }
             None => match opt {
-                "idmap" | "ridmap" => {
-                    let recursive = opt == "ridmap" || idmap.is_some_and(|i| i.recursive);
-                    idmap = Some(Idmap { recursive });
-                }
+                "idmap" => idmap = Some(idmap.unwrap_or(false)),
+                "ridmap" => idmap = Some(true),
                 "tmpcopyup" => tmpcopyup = true,
                 "" => return Err("empty mount option".to_string()),
                 _ => rest.push(opt),
             },
         }
     }
-    let has_maps = |v: &Option<Vec<_>>| v.as_ref().is_some_and(|v| !v.is_empty());
-    let (uid_maps, gid_maps) = (has_maps(m.uid_mappings()), has_maps(m.gid_mappings()));
-    if uid_maps != gid_maps {
-        return Err(
-            "an id-mapped mount needs both uidMappings and gidMappings (or neither)".to_string(),
-        );
-    }
-    if uid_maps && idmap.is_none() {
-        // Mount-level mappings alone ask for an id-mapped mount (runc, crun).
-        idmap = Some(Idmap { recursive: false });
+    let has_maps = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        m.as_ref().is_some_and(|v| !v.is_empty())
+    };
+    match (has_maps(m.uid_mappings()), has_maps(m.gid_mappings())) {
+        (true, true) => idmap = Some(idmap.unwrap_or(false)),
+        // idmap/ridmap alone: the container's user-namespace mappings are used (runc,
+        // crun); the parent refuses it when there is no user namespace (crate::idmount).
+        (false, false) => {}
+        _ => return Err("uidMappings and gidMappings must be given together".to_string()),
     }
 
     let kind = if bind.is_some() || typ == "bind" {
@@ -378,6 +368,9 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
         }
     };
 
+    if idmap.is_some() && !matches!(kind, Kind::Bind { .. }) {
+        return Err("ID-mapped mounts are only supported for bind mounts".to_string());
+    }
     if tmpcopyup && kind != Kind::Fs("tmpfs".into()) {
         return Err("option \"tmpcopyup\" is only valid for tmpfs".to_string());
     }
@@ -392,12 +385,6 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
             if flags.contains(MsFlags::MS_REMOUNT) {
                 return Err("option \"remount\" cannot be combined with bind".to_string());
             }
-        }
-        Kind::Cgroup | Kind::Fs(_) if idmap.is_some() => {
-            return Err(format!(
-                "id-mapped mounts (idmap/ridmap or uidMappings/gidMappings) need a bind \
-                 mount, not type {typ:?}"
-            ));
         }
         Kind::Cgroup | Kind::Fs(_) => {
             let fstype = match &kind {
@@ -437,8 +424,8 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
         propagation,
         rec_attr,
         data,
-        idmap,
         tmpcopyup,
+        idmap,
     })
 }
 

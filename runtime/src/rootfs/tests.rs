@@ -1170,3 +1170,64 @@ fn tmpcopyup_fills_the_tmpfs_with_what_it_covers() {
         "tmpcopyup wrote through to the image"
     );
 }
+
+#[test]
+fn idmapped_bind_mounts_shift_ownership() {
+    let Some(b) = Bundle::new() else { return };
+    let src = b.path().join("idsrc");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("root-owned"), b"r").unwrap();
+    std::fs::write(src.join("user-owned"), b"u").unwrap();
+    std::os::unix::fs::chown(src.join("user-owned"), Some(1000), Some(1000)).unwrap();
+    let maps = json!([{ "containerID": 0, "hostID": 2000, "size": 1001 }]);
+    let spec = spec_of(&minimal(json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" },
+        { "destination": "/idm", "type": "bind", "source": "idsrc", "options": ["rbind", "idmap"],
+          "uidMappings": maps, "gidMappings": maps }
+    ])));
+    validate(&spec, b.path()).unwrap();
+    let rootfs = b.rootfs.clone();
+    let res = in_child(CloneFlags::empty(), || {
+        std::env::set_current_dir(b.path()).map_err(|e| format!("chdir: {e}"))?;
+        // Without the parent's detached mounts the spec cannot be honoured.
+        match prepare(&spec, &rootfs, &Options::default()) {
+            Err(RootfsError::Mount { op, .. }) if op.contains("prepare_idmapped") => {}
+            r => return Err(format!("expected a missing-idmap error, got {r:?}")),
+        }
+        Ok(())
+    });
+    res.unwrap();
+    let res = in_child(CloneFlags::empty(), || {
+        std::env::set_current_dir(b.path()).map_err(|e| format!("chdir: {e}"))?;
+        let pre = prepare_idmapped(&spec).map_err(|e| format!("prepare_idmapped: {e}"))?;
+        ensure!(pre.len() == 1 && pre[0].index == 1, "prepared: {pre:?}");
+        prepare_with(&spec, &rootfs, &Options::default(), pre)
+            .map_err(|e| format!("prepare: {e}"))?;
+        let r = std::fs::metadata("/idm/root-owned").map_err(|e| e.to_string())?;
+        ensure!(
+            r.uid() == 2000 && r.gid() == 2000,
+            "root-owned shows as {}:{}",
+            r.uid(),
+            r.gid()
+        );
+        let u = std::fs::metadata("/idm/user-owned").map_err(|e| e.to_string())?;
+        ensure!(
+            u.uid() == 3000 && u.gid() == 3000,
+            "user-owned shows as {}:{}",
+            u.uid(),
+            u.gid()
+        );
+        ensure!(
+            mount_at("/idm")?.1.contains("idmapped"),
+            "mount not idmapped"
+        );
+        Ok(())
+    });
+    assert!(host_mounts_mentioning(b.path()).is_empty());
+    res.unwrap();
+    // The files themselves are untouched.
+    assert_eq!(
+        std::fs::metadata(src.join("user-owned")).unwrap().uid(),
+        1000
+    );
+}
