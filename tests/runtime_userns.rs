@@ -289,7 +289,7 @@ fn bad_user_namespace_input_is_refused_cleanly() {
         &mut c,
         json!({"destination": "/t", "type": "tmpfs", "source": "tmpfs", "options": ["idmap"]}),
     );
-    refused(&env, &c, "need a bind mount");
+    refused(&env, &c, "only supported for bind mounts");
 
     let dir = host_dir(&env, "noidmap", 0o755);
     let mut c = env.config_with_args(&["true"]);
@@ -315,7 +315,11 @@ fn bad_user_namespace_input_is_refused_cleanly() {
             "uidMappings": [{"containerID": 0, "hostID": BASE, "size": 1}]
         }),
     );
-    refused(&env, &c, "both uidMappings and gidMappings");
+    refused(
+        &env,
+        &c,
+        "uidMappings and gidMappings must be given together",
+    );
 }
 
 /// A user created for the test, deleted on drop.
