@@ -67,6 +67,12 @@ pub enum ContainerError {
     /// Namespace error.
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
+    /// User namespace, id map or rootless error.
+    #[error(transparent)]
+    Userns(#[from] crate::userns::UsernsError),
+    /// An id-mapped mount could not be prepared.
+    #[error(transparent)]
+    Idmount(#[from] crate::idmount::IdmountError),
     /// A sibling module (rootfs, security, cgroups, hooks) failed.
     #[error(transparent)]
     Setup(#[from] IntegrationError),
@@ -249,6 +255,8 @@ impl Container {
             .clone()
             .ok_or_else(|| ContainerError::Invalid("config has no process".into()))?;
         let rootfs = rootfs_path(&spec, &bundle)?;
+        crate::userns::check_rootless(&spec)?;
+        crate::idmount::validate(&spec)?;
         integration::rootfs_validate(&spec, &bundle)?;
         integration::security_validate(&process)?;
         let seccomp = integration::seccomp_compile(&spec)?;
@@ -266,7 +274,13 @@ impl Container {
                 "process.terminal is set: a --console-socket is required".into(),
             ));
         }
-        let cgroup = integration::cgroup_new(&spec, id)?;
+        let mut warnings = Vec::new();
+        let cgroup = crate::userns::cgroup_or_skip(
+            integration::cgroup_new(&spec, id),
+            &spec,
+            &mut warnings,
+        )?;
+        let idmapped = crate::idmount::prepare(&spec, &bundle, &rootfs)?;
         let joins = plan.open_joins()?;
         let pid_ns = plan
             .pid_join
@@ -340,6 +354,7 @@ impl Container {
                         rootfs_opts: RootfsOptions {
                             no_pivot: opts.no_pivot,
                         },
+                        idmapped: &idmapped,
                     },
                 })
             }
@@ -350,12 +365,14 @@ impl Container {
         drop(fifo);
         drop(console);
         drop(joins);
+        drop(idmapped);
 
         if plan.new_user {
             namespaces::write_id_maps(pid, &spec)?;
         }
         if let Some(cg) = &cgroup {
             integration::cgroup_apply(cg, &spec, pid)?;
+            crate::userns::delegate_container_cgroup(cg, &spec)?;
         }
         parent_ch.send(&Msg::Go(pid))?;
         let mut creating = template.clone();
@@ -390,7 +407,7 @@ impl Container {
         Ok(Container {
             dir: dir.clone(),
             state: cstate,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 
@@ -740,6 +757,12 @@ impl Container {
         } else {
             None
         };
+        let joined_user =
+            pid_ns.is_some() && crate::userns::join_user_ns_before_pid_ns(&pidfd, ns_flags)?;
+        if joined_user {
+            // We are in the container's user namespace now; the child inherits it.
+            ns_flags.remove(CloneFlags::CLONE_NEWUSER);
+        }
         let root = sys(
             "open the container's root",
             nix::fcntl::open(
@@ -750,6 +773,9 @@ impl Container {
         )?;
         let (parent_ch, child_ch) = sync::pair()?;
         let saved = enter_pid_ns_for_children(pid_ns.as_ref())?;
+        // From the container's user namespace we may not go back to our pid namespace
+        // (owned by the host's); this process forks nothing else, so it stays.
+        let saved = saved.filter(|_| !joined_user);
         let forked = clone(CloneFlags::empty());
         if forked != Ok(Forked::Child) {
             restore_pid_ns_for_children(saved)?;

@@ -249,6 +249,11 @@ impl UserNamespace {
         }
     }
 
+    /// The namespace's fd, owned.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// The namespace's fd.
     pub fn fd(&self) -> BorrowedFd<'_> {
         use std::os::fd::AsFd;
@@ -366,13 +371,32 @@ pub fn idmapped_bind(
     userns: BorrowedFd<'_>,
     recursive: bool,
 ) -> Result<(), IdmapError> {
-    let tree = open_tree_clone(source, recursive)?;
+    let tree = idmapped_tree(source, userns, recursive, recursive)?;
     {
         use std::os::fd::AsFd;
-        set_idmap(tree.as_fd(), userns, recursive, source)?;
         move_mount_to(tree.as_fd(), target)?;
     }
     Ok(())
+}
+
+/// The detached half of [`idmapped_bind`]: a clone of the tree at `source` (with its
+/// submounts when `clone_recursive`, like `rbind`) carrying the id map of `userns` (on the
+/// submounts too when `idmap_recursive`, like `ridmap`). The caller attaches it with
+/// `move_mount(2)`, possibly in another mount namespace (the runtime makes it in the host's
+/// user namespace, where the filesystem's owner allows idmapping, and hands the fd to the
+/// container's init). Dropping the fd unmounts it.
+pub fn idmapped_tree(
+    source: &Path,
+    userns: BorrowedFd<'_>,
+    clone_recursive: bool,
+    idmap_recursive: bool,
+) -> Result<OwnedFd, IdmapError> {
+    let tree = open_tree_clone(source, clone_recursive)?;
+    {
+        use std::os::fd::AsFd;
+        set_idmap(tree.as_fd(), userns, idmap_recursive, source)?;
+    }
+    Ok(tree)
 }
 
 #[cfg(test)]

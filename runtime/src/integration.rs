@@ -51,8 +51,17 @@ pub fn rootfs_validate(spec: &Spec, bundle: &Path) -> Result<()> {
 
 /// In the init, after the namespaces: mounts, devices, pivot_root, sysctl, masked and
 /// read-only paths.
-pub fn rootfs_prepare(spec: &Spec, rootfs: &Path, opts: RootfsOptions) -> Result<()> {
-    Ok(crate::rootfs::prepare(spec, rootfs, &opts)?)
+/// `idmapped` holds the id-mapped trees the parent prepared.
+pub fn rootfs_prepare(
+    spec: &Spec,
+    rootfs: &Path,
+    opts: RootfsOptions,
+    idmapped: &crate::idmount::IdmappedTrees,
+) -> Result<()> {
+    let (premounted, root) = idmapped.for_rootfs()?;
+    Ok(crate::rootfs::prepare_with_root(
+        spec, rootfs, &opts, premounted, root,
+    )?)
 }
 
 /// Compiled seccomp filter.
@@ -212,6 +221,7 @@ pub const SUPPORTED_MOUNT_OPTIONS: &[&str] = &[
     "diratime",
     "dirsync",
     "exec",
+    "idmap",
     "iversion",
     "lazytime",
     "loud",
@@ -235,6 +245,7 @@ pub const SUPPORTED_MOUNT_OPTIONS: &[&str] = &[
     "relatime",
     "remount",
     "rexec",
+    "ridmap",
     "rnoatime",
     "rnodev",
     "rnodiratime",

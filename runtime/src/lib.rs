@@ -19,6 +19,7 @@ pub mod events;
 pub mod features;
 pub mod hooks;
 pub mod idmap;
+pub mod idmount;
 mod integration;
 pub mod namespaces;
 pub mod process;
@@ -30,6 +31,7 @@ pub mod spec;
 pub mod state;
 pub mod sync;
 pub mod terminal;
+pub mod userns;
 pub mod wait;
 
 pub use container::{Container, ContainerError, CreateOptions, ExecOptions};

@@ -214,15 +214,7 @@ pub fn enter(joins: &[(Join, File)], unshare_flags: CloneFlags) -> Result<()> {
 
 /// The spec's uid and gid mappings.
 fn id_maps(spec: &Spec) -> (Vec<LinuxIdMapping>, Vec<LinuxIdMapping>) {
-    let linux = spec.linux().as_ref();
-    (
-        linux
-            .and_then(|l| l.uid_mappings().clone())
-            .unwrap_or_default(),
-        linux
-            .and_then(|l| l.gid_mappings().clone())
-            .unwrap_or_default(),
-    )
+    crate::userns::spec_mappings(spec)
 }
 
 /// Checks the id mappings as the kernel will (parent side, before the clone).
@@ -233,11 +225,12 @@ pub fn validate_id_maps(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Writes the uid and gid maps of the child `pid`'s new user namespace (from the parent).
-pub fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
+/// Writes the uid and gid maps of the child `pid`'s new user namespace (from the parent;
+/// see [`crate::userns::write_id_maps`] for who may write what: a non-root caller goes
+/// through newuidmap/newgidmap).
+pub fn write_id_maps(pid: i32, spec: &Spec) -> std::result::Result<(), crate::userns::UsernsError> {
     let (uid, gid) = id_maps(spec);
-    crate::idmap::write_id_maps(nix::unistd::Pid::from_raw(pid), &uid, &gid)?;
-    Ok(())
+    crate::userns::write_id_maps(pid, &uid, &gid)
 }
 
 /// Writes `linux.timeOffsets` for the time namespace the caller just unshared.
@@ -314,6 +307,19 @@ mod tests {
         ])))
         .unwrap_err();
         assert!(e.to_string().starts_with("unsupported"));
+    }
+
+    #[test]
+    fn cgroup_namespace_is_unshared_after_the_cgroup_is_joined() {
+        let p = NamespacePlan::from_spec(&spec(json!([
+            {"type": "user"}, {"type": "cgroup"}, {"type": "mount"}
+        ])))
+        .unwrap();
+        assert_eq!(p.unshare_flags, CloneFlags::CLONE_NEWCGROUP);
+        assert_eq!(
+            p.clone_flags,
+            CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS
+        );
     }
 
     #[test]

@@ -361,7 +361,8 @@ fn check_spec(spec: &Spec) -> Result<()> {
 
 /// The default `config.json` written by `vessel spec` (runc's defaults: `sh` on a
 /// terminal, the usual mounts, masked and read-only paths). `rootless` adds a user
-/// namespace mapping the caller's uid/gid to root, bind-mounts `/sys` and drops the
+/// namespace mapping the caller's uid/gid to root (and its `/etc/subuid` ranges to ids 1..
+/// when `newuidmap` is installed, see [`crate::userns::rootless_mappings`]), bind-mounts `/sys` and drops the
 /// network namespace and the cgroup mount, like `runc spec --rootless`.
 pub fn default_spec(rootless: bool) -> Value {
     let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
@@ -416,11 +417,10 @@ pub fn default_spec(rootless: bool) -> Value {
         }
     });
     if rootless {
-        let uid = nix::unistd::geteuid().as_raw();
-        let gid = nix::unistd::getegid().as_raw();
+        let (uid_maps, gid_maps) = crate::userns::rootless_mappings();
         let linux = &mut spec["linux"];
-        linux["uidMappings"] = json!([{"containerID": 0, "hostID": uid, "size": 1}]);
-        linux["gidMappings"] = json!([{"containerID": 0, "hostID": gid, "size": 1}]);
+        linux["uidMappings"] = uid_maps;
+        linux["gidMappings"] = gid_maps;
         linux["namespaces"] = json!([
             {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
             {"type": "cgroup"}, {"type": "user"}

@@ -24,9 +24,10 @@ mod ops;
     propagate_version = true
 )]
 struct Cli {
-    /// Root directory for container state.
-    #[arg(long, global = true, default_value = state::DEFAULT_ROOT)]
-    root: PathBuf,
+    /// Root directory for container state (default /run/vessel; for a non-root user
+    /// $XDG_RUNTIME_DIR/vessel).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
     /// Also write log messages to this file.
     #[arg(long, global = true)]
     log: Option<PathBuf>,
@@ -315,7 +316,11 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
     if cli.systemd_cgroup {
         return Err("--systemd-cgroup: the systemd cgroup driver is not supported (no systemd on this host)".into());
     }
-    let root = cli.root.as_path();
+    let root_buf = match &cli.root {
+        Some(r) => r.clone(),
+        None => vessel_runtime::userns::default_root()?,
+    };
+    let root = root_buf.as_path();
     match &cli.cmd {
         Cmd::Spec { rootless, bundle } => {
             spec::write_default(bundle, *rootless)?;
@@ -697,7 +702,7 @@ mod tests {
             "id1",
         ])
         .unwrap();
-        assert_eq!(cli.root, PathBuf::from("/r"));
+        assert_eq!(cli.root, Some(PathBuf::from("/r")));
         assert_eq!(cli.log_format, LogFormat::Json);
         match cli.cmd {
             Cmd::Create { args, id } => {

@@ -93,6 +93,8 @@ pub enum Role<'a> {
         runtime_hooks: bool,
         /// Rootfs setup options.
         rootfs_opts: RootfsOptions,
+        /// Id-mapped trees the parent prepared (see [`crate::idmount`]).
+        idmapped: &'a crate::idmount::IdmappedTrees,
     },
     /// A process started in a running container.
     Exec {
@@ -182,6 +184,7 @@ fn body(setup: &Setup<'_>) -> Result<Infallible> {
             new_keyring,
             runtime_hooks,
             rootfs_opts,
+            idmapped,
             ..
         } => {
             if plan.new_user {
@@ -230,7 +233,7 @@ fn body(setup: &Setup<'_>) -> Result<Infallible> {
                 "chdir to the bundle",
                 nix::unistd::chdir(&setup.state.bundle),
             )?;
-            integration::rootfs_prepare(spec, setup.rootfs, *rootfs_opts)?;
+            integration::rootfs_prepare(spec, setup.rootfs, *rootfs_opts, idmapped)?;
         }
         Role::Exec {
             pidfd,

@@ -7,14 +7,9 @@
 //! before the container's init enters its user namespace, and hands the
 //! detached mounts to [`super::prepare_with`] (fds survive fork).
 
-use std::fmt::Write as _;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::fcntl::{open, OFlag};
-use nix::sys::stat::Mode;
-use nix::sys::wait::waitpid;
-use nix::unistd::{fork, ForkResult};
 use oci_spec::runtime::{LinuxIdMapping, Spec};
 
 use super::error::RootfsError;
@@ -84,63 +79,16 @@ pub fn prepare_idmapped(spec: &Spec) -> Result<Vec<PreparedMount>, RootfsError> 
     Ok(out)
 }
 
-fn map_text(maps: &[LinuxIdMapping]) -> String {
-    let mut s = String::new();
-    for m in maps {
-        let _ = writeln!(s, "{} {} {}", m.container_id(), m.host_id(), m.size());
-    }
-    s
-}
-
-/// A user namespace with the given mappings, held by an fd. A short-lived
-/// child creates it; only raw syscalls run in the child, so this is safe to
-/// call from a multi-threaded process.
+/// A user namespace with the given mappings, held by an fd: the one
+/// implementation in [`crate::idmap::UserNamespace`], errors as errno.
 fn userns_with(uids: &[LinuxIdMapping], gids: &[LinuxIdMapping]) -> Result<OwnedFd, Errno> {
-    let (uid_map, gid_map) = (map_text(uids), map_text(gids));
-    let (ready_rd, ready_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    let (done_rd, done_wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    // SAFETY: the child only calls async-signal-safe libc functions
-    // (unshare, write, read, _exit) on fds it inherited, then exits.
-    match unsafe { fork() }? {
-        ForkResult::Child => {
-            // SAFETY: plain syscalls on valid fds and a valid stack buffer.
-            unsafe {
-                // Drop our copy of the parent's write end, or the read below
-                // could never see EOF.
-                libc::close(done_wr.as_raw_fd());
-                let ok: u8 = u8::from(libc::unshare(libc::CLONE_NEWUSER) == 0);
-                libc::write(ready_wr.as_raw_fd(), (&ok as *const u8).cast(), 1);
-                let mut b = 0u8;
-                libc::read(done_rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
-                libc::_exit(0)
+    use crate::idmap::{IdmapError, UserNamespace};
+    UserNamespace::with_mappings(uids, gids)
+        .map(UserNamespace::into_fd)
+        .map_err(|e| match e {
+            IdmapError::Sys { source, .. } | IdmapError::WriteMap { source, .. } => {
+                Errno::from_raw(source.raw_os_error().unwrap_or(libc::EINVAL))
             }
-        }
-        ForkResult::Parent { child } => {
-            drop(ready_wr);
-            drop(done_rd);
-            let result = (|| {
-                let mut ok = [0u8; 1];
-                let n = nix::unistd::read(&ready_rd, &mut ok)?;
-                if n != 1 || ok[0] != 1 {
-                    return Err(Errno::EPERM);
-                }
-                let base = format!("/proc/{child}");
-                // Without setgroups=deny a gid map needs CAP_SETGID over the
-                // parent namespace, which the runtime has; keep setgroups.
-                std::fs::write(format!("{base}/uid_map"), &uid_map)
-                    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-                std::fs::write(format!("{base}/gid_map"), &gid_map)
-                    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-                open(
-                    format!("{base}/ns/user").as_str(),
-                    OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-            })();
-            let _ = nix::unistd::write(&done_wr, &[1]);
-            drop(done_wr);
-            let _ = waitpid(child, None);
-            result
-        }
-    }
+            _ => Errno::EINVAL,
+        })
 }

@@ -106,6 +106,19 @@ pub fn prepare_with(
     opts: &Options,
     premounted: Vec<PreparedMount>,
 ) -> Result<(), RootfsError> {
+    prepare_with_root(spec, rootfs, opts, premounted, None)
+}
+
+/// [`prepare_with`], and with `idmapped_root` (a detached id-mapped clone of the rootfs made
+/// by the parent, see [`crate::idmount`]) attached in place of the bind of the rootfs onto
+/// itself.
+pub fn prepare_with_root(
+    spec: &Spec,
+    rootfs: &Path,
+    opts: &Options,
+    premounted: Vec<PreparedMount>,
+    idmapped_root: Option<std::os::fd::OwnedFd>,
+) -> Result<(), RootfsError> {
     if !rootfs.is_absolute() {
         return Err(RootfsError::RootPath {
             path: rootfs.to_path_buf(),
@@ -169,15 +182,26 @@ pub fn prepare_with(
         table = Some(t);
     }
 
-    // 2. The rootfs becomes a mount point of its own.
-    mount(
-        Some(rootfs),
-        rootfs,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| RootfsError::path("bind rootfs onto itself", rootfs, e))?;
+    // 2. The rootfs becomes a mount point of its own (id-mapped if asked).
+    if let Some(tree) = idmapped_root {
+        let target = open(
+            rootfs,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| RootfsError::path("open rootfs", rootfs, e))?;
+        sys::move_mount_fd(tree.as_fd(), target.as_fd())
+            .map_err(|e| RootfsError::path("attach the id-mapped rootfs", rootfs, e))?;
+    } else {
+        mount(
+            Some(rootfs),
+            rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| RootfsError::path("bind rootfs onto itself", rootfs, e))?;
+    }
     let root = open(
         rootfs,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,

@@ -349,9 +349,8 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
     };
     match (has_maps(m.uid_mappings()), has_maps(m.gid_mappings())) {
         (true, true) => idmap = Some(idmap.unwrap_or(false)),
-        (false, false) if idmap.is_some() => {
-            return Err("idmap/ridmap needs both uidMappings and gidMappings".to_string())
-        }
+        // idmap/ridmap alone: the container's user-namespace mappings are used (runc,
+        // crun); the parent refuses it when there is no user namespace (crate::idmount).
         (false, false) => {}
         _ => return Err("uidMappings and gidMappings must be given together".to_string()),
     }
