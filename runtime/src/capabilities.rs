@@ -304,7 +304,7 @@ mod tests {
     fn skip_unless_root_caps() -> bool {
         let prm = caps::read(None, CapSet::Permitted).unwrap();
         if !prm.contains(&Cap::CAP_SETPCAP) || !prm.contains(&Cap::CAP_SETUID) {
-            println!("SKIPPED: needs CAP_SETPCAP and CAP_SETUID");
+            skip_test!("needs CAP_SETPCAP and CAP_SETUID");
             return true;
         }
         false

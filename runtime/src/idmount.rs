@@ -339,7 +339,7 @@ mod tests {
     #[test]
     fn procfs_source_is_refused_with_nothing_mounted() {
         if !nix::unistd::geteuid().is_root() {
-            println!("SKIPPED: needs root");
+            skip_test!("needs root");
             return;
         }
         let spec = spec_with(
@@ -365,7 +365,7 @@ mod tests {
     #[test]
     fn rootfs_annotation_makes_a_root_tree_and_needs_a_user_namespace() {
         if !nix::unistd::geteuid().is_root() {
-            println!("SKIPPED: needs root");
+            skip_test!("needs root");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -384,7 +384,7 @@ mod tests {
     #[test]
     fn tmpdir_source_gets_a_detached_tree() {
         if !nix::unistd::geteuid().is_root() {
-            println!("SKIPPED: needs root");
+            skip_test!("needs root");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

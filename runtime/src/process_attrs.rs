@@ -548,7 +548,7 @@ mod tests {
                 }
             });
             if code == 99 {
-                println!("SKIPPED: {json}: the kernel refused realtime bandwidth for this cgroup");
+                skip_test!("{json}: the kernel refused realtime bandwidth for this cgroup");
                 continue;
             }
             assert_eq!(code, 0, "{json}");

@@ -10,6 +10,34 @@ macro_rules! child_eprintln {
     }};
 }
 
+/// Marks the running test as skipped: prints `SKIPPED: reason` and appends
+/// `<test>: <reason>` to `$VESSEL_SKIP_LOG` (set by `.ci/test`), so the run's closing line
+/// counts it as skipped rather than passed. The caller returns right after.
+macro_rules! skip_test {
+    ($($arg:tt)*) => {
+        $crate::test_util::record_skip(&format!($($arg)*))
+    };
+}
+
+/// See [`skip_test!`].
+pub(crate) fn record_skip(reason: &str) {
+    use std::io::Write as _;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    println!("SKIPPED: {reason}");
+    if let Some(path) = std::env::var_os("VESSEL_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {reason}");
+        }
+    }
+}
+
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 

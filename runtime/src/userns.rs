@@ -493,7 +493,7 @@ mod tests {
     fn delegation_hands_out_the_directory_and_procs_not_the_limits() {
         use std::os::unix::fs::MetadataExt;
         if !nix::unistd::geteuid().is_root() {
-            println!("SKIPPED: needs root");
+            skip_test!("needs root");
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -551,7 +551,7 @@ mod tests {
                 let st = nix::sys::wait::waitpid(child, None).unwrap();
                 match st {
                     nix::sys::wait::WaitStatus::Exited(_, 2) => {
-                        println!("SKIPPED: cannot create a user namespace")
+                        skip_test!("cannot create a user namespace")
                     }
                     other => assert_eq!(other, nix::sys::wait::WaitStatus::Exited(child, 0)),
                 }

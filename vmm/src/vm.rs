@@ -176,11 +176,17 @@ mod tests {
         let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../fixtures/.cache/guest/vessel-test-guest");
         if !p.exists() {
-            println!("SKIPPED: test guest missing (run fixtures/guest.sh)");
+            crate::net::testutil::skip(
+                std::thread::current().name().unwrap_or("?"),
+                "test guest missing (run fixtures/guest.sh)",
+            );
             return None;
         }
         if std::fs::File::open("/dev/kvm").is_err() {
-            println!("SKIPPED: /dev/kvm unavailable");
+            crate::net::testutil::skip(
+                std::thread::current().name().unwrap_or("?"),
+                "/dev/kvm unavailable",
+            );
             return None;
         }
         Some(p)

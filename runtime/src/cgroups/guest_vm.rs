@@ -14,7 +14,7 @@ fn v2_tests_in_qemu_guest() {
     let kernel = match qemu_guest::kernel() {
         Ok(k) => k,
         Err(reason) => {
-            println!("SKIPPED: {reason}");
+            skip_test!("{reason}");
             return;
         }
     };

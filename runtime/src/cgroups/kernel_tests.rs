@@ -28,7 +28,7 @@ pub(crate) fn skip_reason() -> Option<String> {
 macro_rules! require_v1 {
     () => {
         if let Some(r) = skip_reason() {
-            println!("SKIPPED: {r}");
+            skip_test!("{r}");
             return;
         }
     };
@@ -435,7 +435,7 @@ fn unknown_unified_key_on_v2_tree_is_refused() {
     require_v1!();
     let m = manager("unified");
     let Some(v2) = m.v2() else {
-        println!("SKIPPED: no cgroup2 tree in use on this host");
+        skip_test!("no cgroup2 tree in use on this host");
         return;
     };
     let _ = v2;
@@ -452,7 +452,7 @@ fn ebpf_device_filter_enforced_and_replaced() {
     require_v1!();
     let l = Layout::detect().unwrap();
     let Some(u) = l.unified else {
-        println!("SKIPPED: no cgroup2 mount");
+        skip_test!("no cgroup2 mount");
         return;
     };
     let dir = u.own_dir.join(unique("bpf"));
@@ -719,7 +719,7 @@ fn blkio_weight_and_io_stats() {
     let out = sh.until("END");
     let s = m.stats().unwrap();
     if s.io.write_bytes == 0 && out.iter().any(|l| l.contains("Invalid argument")) {
-        println!("SKIPPED: the temp filesystem refuses O_DIRECT: {out:?}");
+        skip_test!("the temp filesystem refuses O_DIRECT: {out:?}");
     } else {
         assert!(s.io.write_bytes >= 1 << 20, "{s:?} {out:?}");
     }

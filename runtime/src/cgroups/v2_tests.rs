@@ -28,7 +28,7 @@ fn skip_reason() -> Option<String> {
 macro_rules! require_v2 {
     () => {
         if let Some(r) = skip_reason() {
-            println!("SKIPPED: {r}");
+            skip_test!("{r}");
             return;
         }
     };
@@ -280,7 +280,7 @@ fn v2_unified_hugetlb_and_bad_keys() {
 fn v2_io_weight_max_and_stats() {
     require_v2!();
     let Ok(devno) = std::fs::read_to_string("/sys/block/nvme0n1/dev") else {
-        println!("SKIPPED: the guest has no /dev/nvme0n1");
+        skip_test!("the guest has no /dev/nvme0n1");
         return;
     };
     let devno = devno.trim().to_string();

@@ -31,7 +31,7 @@ impl Bundle {
     fn new() -> Option<Bundle> {
         let src = fixtures().join(".cache/busybox/rootfs");
         if !src.join("bin/busybox").exists() {
-            println!("SKIPPED: busybox fixture missing (run fixtures/busybox.sh)");
+            skip_test!("busybox fixture missing (run fixtures/busybox.sh)");
             return None;
         }
         let dir = tempfile::Builder::new()
@@ -1039,7 +1039,7 @@ fn cgroup_without_namespace_binds_own_cgroups() {
             .map(|(_, p)| p.to_string())
     });
     let Some(mem_path) = mem_path else {
-        println!("SKIPPED: no v1 memory hierarchy");
+        skip_test!("no v1 memory hierarchy");
         return;
     };
     run(
@@ -1088,7 +1088,7 @@ fn refuses_the_host_mount_namespace() {
     let host_ns =
         std::fs::read_link("/proc/self/ns/mnt").ok() == std::fs::read_link("/proc/1/ns/mnt").ok();
     if !host_ns {
-        println!("SKIPPED: test process is not in pid 1's mount namespace");
+        skip_test!("test process is not in pid 1's mount namespace");
         return;
     }
     assert!(shares_init_mount_ns());

@@ -438,7 +438,7 @@ fn install_without_nnp_needs_cap_sys_admin() {
     });
     match exited(st) {
         99 => {
-            println!("SKIPPED: test process lacks CAP_SYS_ADMIN");
+            skip_test!("test process lacks CAP_SYS_ADMIN");
             return;
         }
         code => assert_eq!(code, 0),
@@ -522,7 +522,7 @@ fn non_native_abi_handling() {
     // Does this kernel run i386 syscalls at all?
     let st = in_child(|| i32::from(int80_getpid() <= 0));
     if !matches!(st, WaitStatus::Exited(_, 0)) {
-        println!("SKIPPED: i386 syscall emulation is disabled on this kernel ({st:?})");
+        skip_test!("i386 syscall emulation is disabled on this kernel ({st:?})");
         return;
     }
     // Listed i386 with a deny-list profile: ENOSYS, never the permissive default.

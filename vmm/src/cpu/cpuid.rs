@@ -124,7 +124,10 @@ mod tests {
         let kvm = match Kvm::new() {
             Ok(k) => k,
             Err(e) => {
-                println!("SKIPPED: /dev/kvm unavailable: {e}");
+                crate::net::testutil::skip(
+                    std::thread::current().name().unwrap_or("?"),
+                    &format!("/dev/kvm unavailable: {e}"),
+                );
                 return;
             }
         };
