@@ -14,6 +14,7 @@ mod test_util;
 pub mod capabilities;
 pub mod cgroups;
 pub mod container;
+pub mod criu;
 pub mod features;
 pub mod hooks;
 mod integration;
