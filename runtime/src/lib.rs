@@ -13,6 +13,7 @@ mod test_util;
 
 pub mod capabilities;
 pub mod cgroups;
+pub mod checkpoint;
 pub mod container;
 pub mod criu;
 pub mod features;
@@ -24,6 +25,7 @@ pub mod process_attrs;
 pub mod rlimits;
 pub mod rootfs;
 pub mod seccomp;
+pub mod snapshot;
 pub mod spec;
 pub mod state;
 pub mod sync;

@@ -13,6 +13,9 @@ use vessel_runtime::container::{Container, CreateOptions, ExecOptions};
 use vessel_runtime::process::child::error_chain;
 use vessel_runtime::{spec, state, wait};
 
+#[path = "../vessel_checkpoint.rs"]
+mod checkpoint;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "vessel",
@@ -191,6 +194,10 @@ enum Cmd {
     },
     /// Print the OCI features JSON of this runtime.
     Features,
+    /// Checkpoint a running container with CRIU.
+    Checkpoint(checkpoint::CheckpointArgs),
+    /// Restore a container from a checkpoint.
+    Restore(checkpoint::RestoreArgs),
 }
 
 /// Where error/debug messages go.
@@ -300,6 +307,8 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
     }
     let root = cli.root.as_path();
     match &cli.cmd {
+        Cmd::Checkpoint(a) => checkpoint::checkpoint(root, a),
+        Cmd::Restore(a) => checkpoint::restore(root, a),
         Cmd::Spec { rootless, bundle } => {
             spec::write_default(bundle, *rootless)?;
             Ok(0)
