@@ -145,3 +145,54 @@ pub fn restore(root: &Path, a: &RestoreArgs) -> CliResult {
     let _ = Container::load(root, &a.id).map(|c| c.delete(true));
     Ok(u8::try_from(code).unwrap_or(255))
 }
+
+/// `vessel migrate` flags.
+#[derive(clap::Args, Debug)]
+pub struct MigrateArgs {
+    /// The target's state root ("host B").
+    #[arg(long)]
+    to_root: PathBuf,
+    /// The bundle to restore from on the target (its config names the target's resources).
+    #[arg(long, short = 'b')]
+    bundle: PathBuf,
+    /// Id on the target (default: the same).
+    #[arg(long)]
+    to_id: Option<String>,
+    /// Stream the final dump's pages through a CRIU page server on the target.
+    #[arg(long)]
+    page_server: bool,
+    /// Staging directory for the images (removed afterwards).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Most pre-dumps while the container runs (when the kernel tracks memory).
+    #[arg(long, default_value_t = 3)]
+    max_pre_dumps: u32,
+    /// Allow open tcp connections.
+    #[arg(long)]
+    tcp_established: bool,
+    /// Write the restored process's pid to this file.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// The criu binary (default: $VESSEL_CRIU, else criu from PATH).
+    #[arg(long)]
+    criu: Option<PathBuf>,
+    /// Container id on the source (--root).
+    id: String,
+}
+
+/// `vessel migrate`: prints the migration report.
+pub fn migrate(root: &Path, a: &MigrateArgs) -> CliResult {
+    let mut o = vessel_runtime::migration::MigrationOptions::default();
+    if let Some(c) = &a.criu {
+        o.criu = c.clone();
+    }
+    o.dst_id = a.to_id.clone();
+    o.work_dir = a.work_dir.clone();
+    o.max_pre_dumps = a.max_pre_dumps;
+    o.page_server = a.page_server;
+    o.tcp_established = a.tcp_established;
+    o.pid_file = a.pid_file.clone();
+    let r = vessel_runtime::migration::migrate(root, &a.id, &a.to_root, &a.bundle, &o)?;
+    println!("{r}");
+    Ok(0)
+}

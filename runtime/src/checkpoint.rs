@@ -159,6 +159,9 @@ pub struct CheckpointOptions {
     pub parent_path: Option<PathBuf>,
     /// CRIU's cgroup handling; `None` = soft (runc's default).
     pub manage_cgroups_mode: Option<CgroupMode>,
+    /// Send memory pages to this CRIU page server instead of the image path (live
+    /// migration; see [`crate::migration`]).
+    pub page_server: Option<std::net::SocketAddr>,
 }
 
 impl CheckpointOptions {
@@ -176,6 +179,7 @@ impl CheckpointOptions {
             pre_dump: false,
             parent_path: None,
             manage_cgroups_mode: None,
+            page_server: None,
         }
     }
 }
@@ -386,6 +390,7 @@ impl Container {
         d.leave_running = opts.leave_running || opts.pre_dump;
         d.parent_images = opts.parent_path.clone();
         d.track_mem = opts.parent_path.is_some();
+        d.page_server = opts.page_server;
         d.external_mounts = bind_mounts(&spec, &self.state.oci.bundle)
             .into_iter()
             .map(|(dest, _)| ExternalMount {
@@ -471,6 +476,7 @@ impl Container {
             .map(|p| fs::File::open(&p).map_err(io_err("open network namespace", &p)))
             .transpose()?;
         let cgroup = integration::cgroup_new(&spec, id).map_err(ContainerError::from)?;
+        make_mountpoints(&spec, &bundle, &rootfs)?;
 
         let (dir, _lock) = StateDir::create(root, id).map_err(ContainerError::from)?;
         let mut guard = RestoreGuard {
@@ -576,6 +582,30 @@ impl Container {
         drop(guard);
         Ok(Container::load(root, id)?)
     }
+}
+
+/// Creates the mount points of the spec's mounts in `rootfs` (resolved inside it), as
+/// the container's setup did: CRIU mounts onto them but does not create them, and a
+/// rootfs copied elsewhere (a snapshot, a migration target) may lack them. Bind mounts
+/// of files get a file, everything else a directory.
+fn make_mountpoints(spec: &Spec, bundle: &Path, rootfs: &Path) -> Result<()> {
+    use crate::rootfs::resolve::{ensure_in_root, Want};
+    use std::os::fd::AsFd;
+    let root = fs::File::open(rootfs).map_err(io_err("open rootfs", rootfs))?;
+    let binds = bind_mounts(spec, bundle);
+    for m in spec.mounts().iter().flatten() {
+        let dest = m.destination();
+        let want = match binds.iter().find(|(d, _)| d == dest) {
+            Some((_, src)) if fs::metadata(src).is_ok_and(|m| !m.is_dir()) => Want::File,
+            _ => Want::Dir,
+        };
+        ensure_in_root(root.as_fd(), dest, want).map_err(|e| CheckpointError::Io {
+            op: "create mount point",
+            path: rootfs.join(dest.strip_prefix("/").unwrap_or(dest)),
+            source: std::io::Error::from(e),
+        })?;
+    }
+    Ok(())
 }
 
 /// CRIU's `--cgroup-root` for each v1 hierarchy of `cg`: the controller list and the

@@ -19,6 +19,7 @@ pub mod criu;
 pub mod features;
 pub mod hooks;
 mod integration;
+pub mod migration;
 pub mod namespaces;
 pub mod process;
 pub mod process_attrs;

@@ -198,6 +198,8 @@ enum Cmd {
     Checkpoint(checkpoint::CheckpointArgs),
     /// Restore a container from a checkpoint.
     Restore(checkpoint::RestoreArgs),
+    /// Live-migrate a running container to another state root.
+    Migrate(checkpoint::MigrateArgs),
 }
 
 /// Where error/debug messages go.
@@ -309,6 +311,7 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
     match &cli.cmd {
         Cmd::Checkpoint(a) => checkpoint::checkpoint(root, a),
         Cmd::Restore(a) => checkpoint::restore(root, a),
+        Cmd::Migrate(a) => checkpoint::migrate(root, a),
         Cmd::Spec { rootless, bundle } => {
             spec::write_default(bundle, *rootless)?;
             Ok(0)
