@@ -118,6 +118,9 @@ fn state_errors() {
             stderr(&out)
         );
     }
+    // Like runc, a forced delete of a missing container succeeds.
+    let out = env.vessel(&["delete", "--force", "nope"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = env.vessel_b("run", &["--detach"], &id);
     assert!(out.status.success(), "run -d: {}", stderr(&out));
     // Duplicate id: refused, the first container untouched.
@@ -198,4 +201,23 @@ fn json_log_lines_for_errors() {
     assert!(line["msg"].as_str().unwrap().contains("does not exist"));
     assert!(line["time"].as_str().unwrap().ends_with('Z'));
     std::fs::remove_file(&log).unwrap();
+}
+
+#[test]
+fn delete_cleans_a_half_made_container() {
+    let Some(env) = setup("delete_cleans_a_half_made_container") else {
+        return;
+    };
+    // What a `vessel create` killed before saving its state leaves: a bare directory.
+    let id = common::unique_id("half");
+    std::fs::create_dir_all(env.state_dir(&id)).unwrap();
+    let out = env.vessel_b("create", &[], &id);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    let out = env.vessel(&["delete", &id]);
+    assert!(out.status.success(), "delete: {}", stderr(&out));
+    assert!(!env.state_dir(&id).exists());
+    env.write_config(&env.config_with_args(&["true"]));
+    let out = env.vessel_b("run", &[], &id);
+    assert!(out.status.success(), "run after cleanup: {}", stderr(&out));
 }

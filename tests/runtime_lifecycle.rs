@@ -252,3 +252,172 @@ fn preserve_fds_passes_extra_fds() {
     let out = cmd.output().unwrap();
     assert_eq!(stdout(&out), "got:\n", "stderr: {}", stderr(&out));
 }
+
+#[test]
+fn concurrent_commands_on_one_id_are_serialized() {
+    let Some(env) = setup("concurrent_commands_on_one_id_are_serialized") else {
+        return;
+    };
+    let id = common::unique_id("race");
+    env.write_config(&env.config_with_args(&["sleep", "1000"]));
+    let bundle = env.bundle_path().to_str().unwrap().to_string();
+    // Four creates of one id at once: exactly one wins, the others are told it exists.
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| env.vessel(&["create", "--bundle", &bundle, &id])))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 1, "{:?}", outs.iter().map(stderr).collect::<Vec<_>>());
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        assert!(stderr(o).contains("already exists"), "{}", stderr(o));
+    }
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    // Four start + force-delete pairs at once: one start wins or none (if a delete came
+    // first); the deletes all succeed; failed starts fail cleanly.
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .flat_map(|_| {
+                [
+                    s.spawn(|| env.vessel(&["start", &id])),
+                    s.spawn(|| env.vessel(&["delete", "--force", &id])),
+                ]
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let starts = outs
+        .iter()
+        .step_by(2)
+        .filter(|o| o.status.success())
+        .count();
+    let deletes = outs
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .filter(|o| o.status.success())
+        .count();
+    assert!(starts <= 1, "{starts} starts succeeded");
+    // One delete removes it; like runc, forced deletes of a gone container succeed too.
+    assert_eq!(deletes, 4);
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        let e = stderr(o);
+        assert!(
+            e.contains("does not exist") || e.contains("cannot start"),
+            "unexpected failure: {e}"
+        );
+    }
+    assert!(!env.state_dir(&id).exists());
+    assert!(wait_gone(pid));
+    assert!(cgroup_dirs(&id).is_empty());
+}
+
+#[test]
+fn exec_with_a_process_file() {
+    let Some(env) = setup("exec_with_a_process_file") else {
+        return;
+    };
+    let id = common::unique_id("pfile");
+    env.write_config(&env.config_with_args(&["sleep", "1000"]));
+    let out = env.vessel_b("run", &["--detach"], &id);
+    assert!(out.status.success(), "run -d: {}", stderr(&out));
+    let process = serde_json::json!({
+        "args": ["sh", "-c", "echo $P; pwd; id -u; grep NoNewPrivs /proc/self/status"],
+        "env": ["PATH=/bin", "P=from-file"],
+        "cwd": "/etc",
+        "user": {"uid": 65534, "gid": 65534},
+        "noNewPrivileges": true
+    });
+    let pf = env.root_path().join("process.json");
+    std::fs::write(&pf, process.to_string()).unwrap();
+    let pid_file = env.root_path().join("exec.pid");
+    let out = env.vessel(&[
+        "exec",
+        "--process",
+        pf.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(out.status.success(), "exec: {}", stderr(&out));
+    assert_eq!(stdout(&out), "from-file\n/etc\n65534\nNoNewPrivs:\t1\n");
+    let pid: i64 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pid > 0);
+    std::fs::remove_file(&pf).unwrap();
+    std::fs::remove_file(&pid_file).unwrap();
+}
+
+#[test]
+fn spec_writes_a_runnable_default_and_features_describe_the_build() {
+    let Some(env) = setup("spec_writes_a_runnable_default_and_features_describe_the_build") else {
+        return;
+    };
+    std::fs::remove_file(env.bundle_path().join("config.json")).unwrap();
+    let b = env.bundle_path().to_str().unwrap();
+    let out = env.vessel(&["spec", "--bundle", b]);
+    assert!(out.status.success(), "spec: {}", stderr(&out));
+    let out = env.vessel(&["spec", "--bundle", b]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+    // The default (terminal: true, sh) runs in the foreground with the pty relayed.
+    let path = env.bundle_path().join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["process"]["terminal"], true);
+    v["process"]["args"] = serde_json::json!(["sh", "-c", "echo default-ok; exit 2"]);
+    std::fs::write(&path, v.to_string()).unwrap();
+    let id = common::unique_id("spec");
+    let out = env.vessel_b("run", &[], &id);
+    assert_eq!(out.status.code(), Some(2), "run: {}", stderr(&out));
+    assert!(stdout(&out).contains("default-ok"), "{}", stdout(&out));
+
+    let out = env.vessel(&["features"]);
+    assert!(out.status.success());
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["ociVersionMin"], "1.0.0");
+    let ns = f["linux"]["namespaces"].as_array().unwrap();
+    assert!(ns.iter().any(|n| n == "time") && ns.iter().any(|n| n == "user"));
+    assert_eq!(f["linux"]["seccomp"]["enabled"], true);
+    assert!(f["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h == "createRuntime"));
+    let out = env.vessel(&["--version"]);
+    assert!(stdout(&out).starts_with("vessel "), "{}", stdout(&out));
+}
+
+#[test]
+fn force_delete_of_a_frozen_container() {
+    let Some(env) = setup("force_delete_of_a_frozen_container") else {
+        return;
+    };
+    let id = common::unique_id("frozen");
+    env.write_config(&env.config_with_args(&["sleep", "1000"]));
+    let out = env.vessel_b("run", &["--detach"], &id);
+    assert!(out.status.success(), "run -d: {}", stderr(&out));
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    // Freeze it through its v1 freezer cgroup, as `pause` would.
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let Some(path) = cg
+        .lines()
+        .find_map(|l| l.split_once(":freezer:").map(|(_, p)| p.to_string()))
+    else {
+        common::skip(
+            "force_delete_of_a_frozen_container",
+            "no v1 freezer hierarchy",
+        );
+        return;
+    };
+    let state = format!("/sys/fs/cgroup/freezer{path}/freezer.state");
+    std::fs::write(&state, "FROZEN").unwrap();
+    let out = env.vessel(&["delete", "--force", &id]);
+    assert!(out.status.success(), "delete: {}", stderr(&out));
+    assert!(wait_gone(pid));
+    assert!(!env.state_dir(&id).exists());
+    assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+}

@@ -113,3 +113,44 @@ fn exec_with_tty() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("console-socket"), "{}", stderr(&out));
 }
+
+#[test]
+fn foreground_run_and_exec_relay_the_pty() {
+    let Some(env) = setup("foreground_run_and_exec_relay_the_pty") else {
+        return;
+    };
+    let id = common::unique_id("fgtty");
+    let mut cfg = env.config_with_args(&[
+        "sh",
+        "-c",
+        "[ -t 0 ] && [ -t 1 ] && echo RUN-TTY; tty; exit 4",
+    ]);
+    cfg["process"]["terminal"] = json!(true);
+    env.write_config(&cfg);
+    // No --console-socket: vessel relays the pty to its own stdout.
+    let out = env.vessel_b("run", &[], &id);
+    assert_eq!(out.status.code(), Some(4), "run: {}", stderr(&out));
+    let text = stdout(&out).replace("\r\n", "\n");
+    assert_eq!(text, "RUN-TTY\n/dev/pts/0\n");
+    assert!(!env.state_dir(&id).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(env.root_path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(leftovers.is_empty(), "left in root: {leftovers:?}");
+
+    let id = common::unique_id("fgtty");
+    env.write_config(&env.config_with_args(&["sleep", "1000"]));
+    let out = env.vessel_b("run", &["--detach"], &id);
+    assert!(out.status.success(), "run -d: {}", stderr(&out));
+    let out = env.vessel(&[
+        "exec",
+        "-t",
+        &id,
+        "sh",
+        "-c",
+        "[ -t 0 ] && echo EXEC-TTY; exit 6",
+    ]);
+    assert_eq!(out.status.code(), Some(6), "exec: {}", stderr(&out));
+    assert_eq!(stdout(&out).replace("\r\n", "\n"), "EXEC-TTY\n");
+}

@@ -17,14 +17,11 @@ pub enum CapsError {
     /// A capability is in a set that requires it to be permitted too.
     #[error("{set} capabilities {cap} are not in the permitted set")]
     NotPermitted {
-        /// "effective" or "ambient".
+        /// "effective".
         set: &'static str,
         /// The capability.
         cap: String,
     },
-    /// An ambient capability that is not inheritable.
-    #[error("ambient capabilities {0} are not in the inheritable set")]
-    AmbientNotInheritable(String),
     /// The process lacks a capability it is asked to keep.
     #[error(
         "cannot keep {set} capability {cap}: the process does not have it in its permitted set"
@@ -142,7 +139,9 @@ fn missing(a: &CapsHashSet, b: &CapsHashSet) -> Option<String> {
 
 /// Applies the five capability sets to the calling thread: drops the bounding set first,
 /// then sets inheritable, effective and permitted, then replaces the ambient set. A set that
-/// is absent from the config is empty (as in runc).
+/// is absent from the config is empty (as in runc). Ambient capabilities that are not both
+/// permitted and inheritable cannot be raised and are left out, as runc does (see
+/// [`unraisable_ambient`] to log them).
 ///
 /// Needs `CAP_SETPCAP` in the permitted set when the bounding set shrinks. Works after a
 /// switch to a non-root uid if [`keep_caps_for_setuid`] was called before it (the kernel
@@ -161,15 +160,14 @@ pub fn apply(spec: &LinuxCapabilities) -> Result<(), CapsError> {
             cap,
         });
     }
-    if let Some(cap) = missing(&ambient, &permitted) {
-        return Err(CapsError::NotPermitted {
-            set: "ambient",
-            cap,
-        });
-    }
-    if let Some(cap) = missing(&ambient, &inheritable) {
-        return Err(CapsError::AmbientNotInheritable(cap));
-    }
+    // The kernel only raises ambient capabilities that are permitted and inheritable;
+    // like runc, the others are left out rather than failing (runc's own `runc spec`
+    // template lists ambient capabilities without an inheritable set).
+    let ambient: CapsHashSet = ambient
+        .intersection(&permitted)
+        .filter(|c| inheritable.contains(c))
+        .copied()
+        .collect();
 
     let read = |set: CapSet, name: &'static str| {
         caps::read(None, set).map_err(|source| CapsError::Read { set: name, source })
@@ -219,6 +217,22 @@ pub fn apply(spec: &LinuxCapabilities) -> Result<(), CapsError> {
         })?;
     }
     Ok(())
+}
+
+/// The ambient capabilities of `spec` that [`apply`] leaves out because they are not both
+/// permitted and inheritable (for a warning).
+pub fn unraisable_ambient(spec: &LinuxCapabilities) -> Vec<String> {
+    let all = caps::all();
+    let ambient = set_of(spec.ambient(), &all);
+    let permitted = set_of(spec.permitted(), &all);
+    let inheritable = set_of(spec.inheritable(), &all);
+    let mut v: Vec<String> = ambient
+        .iter()
+        .filter(|c| !permitted.contains(c) || !inheritable.contains(c))
+        .map(|c| c.to_string())
+        .collect();
+    v.sort();
+    v
 }
 
 /// Sets `PR_SET_KEEPCAPS` so the permitted set survives the switch from uid 0 to the
@@ -390,6 +404,40 @@ mod tests {
     }
 
     #[test]
+    fn ambient_without_inheritable_is_left_out_like_runc() {
+        if skip_unless_root_caps() {
+            return;
+        }
+        // The shape of `runc spec`'s template (and of fixtures/config.json).
+        let names = r#"["CAP_AUDIT_WRITE","CAP_KILL","CAP_NET_BIND_SERVICE"]"#;
+        let spec = caps_json(&format!(
+            r#"{{"bounding":{names},"effective":{names},"permitted":{names},"ambient":{names}}}"#
+        ));
+        assert_eq!(
+            unraisable_ambient(&spec),
+            ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+        );
+        let m = mask(&[
+            Cap::CAP_AUDIT_WRITE,
+            Cap::CAP_KILL,
+            Cap::CAP_NET_BIND_SERVICE,
+        ]);
+        assert_child_ok(|| {
+            if let Err(e) = apply(&spec) {
+                child_eprintln!("{e}");
+                return 1;
+            }
+            let got = status_masks();
+            if got != [0, m, m, m, 0] {
+                child_eprintln!("{got:x?}");
+                return 2;
+            }
+            0
+        });
+        assert!(unraisable_ambient(&caps_json(SPEC)).is_empty());
+    }
+
+    #[test]
     fn bad_specs() {
         let e = serde_json::from_str::<LinuxCapabilities>(r#"{"bounding":["CAP_FLY"]}"#)
             .unwrap_err()
@@ -402,8 +450,8 @@ mod tests {
                 ["CAP_KILL", "effective"],
             ),
             (
-                r#"{"permitted":["CAP_KILL"],"inheritable":[],"ambient":["CAP_KILL"]}"#,
-                ["CAP_KILL", "inheritable"],
+                r#"{"effective":["CAP_KILL","CAP_CHOWN"],"permitted":["CAP_KILL"]}"#,
+                ["CAP_CHOWN", "permitted"],
             ),
         ];
         for (json, words) in cases {

@@ -17,7 +17,9 @@
 //! The created init then blocks reading `exec.fifo` in the state directory, which it
 //! opened read-write (so the read blocks instead of returning EOF); `start` opens the
 //! fifo write-only and non-blocking — which fails with `ENXIO` if the init is gone —
-//! writes one byte and removes the fifo, and the init execs the user program.
+//! writes one byte and removes the fifo, and the init execs the user program; `start`
+//! then waits for `POLLERR` on its write end (the init's close-on-exec read end is
+//! gone: it exec'd) before running the poststart hooks.
 //!
 //! Every command that changes a container holds the state directory's `flock`. The
 //! status is recomputed on every load: a container whose init pid is gone, a zombie, or
@@ -248,6 +250,7 @@ impl Container {
         integration::security_validate(&process)?;
         let seccomp = integration::seccomp_compile(&spec)?;
         let plan = NamespacePlan::from_spec(&spec)?;
+        namespaces::validate_id_maps(&spec)?;
         if plan.new_user && !plan.joins.is_empty() {
             return Err(NamespaceError::Unsupported(
                 "joining namespaces by path together with a new user namespace".into(),
@@ -401,6 +404,12 @@ impl Container {
         Ok(c)
     }
 
+    /// Removes what a `create` killed before it saved its state left behind (the state
+    /// directory without `state.json`); `Ok(false)` if there is no such leftover.
+    pub fn remove_stale(root: &Path, id: &str) -> Result<bool> {
+        Ok(StateDir::remove_stale(root, id)?)
+    }
+
     /// All containers under `root`, with refreshed status.
     pub fn list(root: &Path) -> Result<Vec<Container>> {
         let mut out = Vec::new();
@@ -486,10 +495,14 @@ impl Container {
             Err(e) => return Err(ContainerError::Sys("open exec.fifo", e)),
         };
         sys("write exec.fifo", nix::unistd::write(&fd, &[0]))?;
-        drop(fd);
         let _ = fs::remove_file(&fifo_path);
         self.state.oci.status = Status::Running;
         self.dir.save(&self.state)?;
+        // The init's close-on-exec read end is the fifo's only reader: POLLERR on our
+        // write end means it has exec'd the user program (or died), so poststart hooks
+        // really run after the program started, as the spec says.
+        wait_no_readers(&fd);
+        drop(fd);
         let spec = self.spec()?;
         let st = serde_json::to_string(&self.state.oci).unwrap_or_default();
         for e in integration::run_hooks_best_effort(
@@ -651,6 +664,17 @@ impl Container {
         }
         for p in pids {
             let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        // Frozen processes only die once thawed (paused, or frozen by someone else).
+        if let Some(cg) = self
+            .state
+            .cgroup
+            .as_ref()
+            .and_then(integration::cgroup_from_json)
+        {
+            if cg.is_frozen().unwrap_or(false) {
+                let _ = cg.thaw();
+            }
         }
         if let Some(fd) = pidfd {
             wait_pidfd_exit(&fd, Duration::from_secs(10));
@@ -896,6 +920,20 @@ fn proc_table() -> Vec<(i32, i32)> {
             Some((p, ppid))
         })
         .collect()
+}
+
+/// Blocks until a fifo's write end reports that no reader is left.
+fn wait_no_readers(fd: &OwnedFd) {
+    loop {
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::empty(),
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+            Err(nix::Error::EINTR) => continue,
+            Ok(_) | Err(_) => return,
+        }
+    }
 }
 
 /// Polls a pidfd until the process exits (or `limit` passes).

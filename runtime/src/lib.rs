@@ -18,6 +18,7 @@ pub mod container;
 pub mod criu;
 pub mod features;
 pub mod hooks;
+pub mod idmap;
 mod integration;
 pub mod migration;
 pub mod namespaces;

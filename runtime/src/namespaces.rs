@@ -60,6 +60,9 @@ pub enum NamespaceError {
         #[source]
         source: std::io::Error,
     },
+    /// Bad id mappings, or writing them failed.
+    #[error(transparent)]
+    Idmap(#[from] crate::idmap::IdmapError),
     /// A combination this runtime does not implement.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -204,24 +207,32 @@ pub fn enter(joins: &[(Join, File)], unshare_flags: CloneFlags) -> Result<()> {
     Ok(())
 }
 
-/// Formats an id map the way `/proc/<pid>/uid_map` wants it.
-pub fn format_id_map(map: &[LinuxIdMapping]) -> String {
-    map.iter()
-        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
-        .collect()
+/// The spec's uid and gid mappings.
+fn id_maps(spec: &Spec) -> (Vec<LinuxIdMapping>, Vec<LinuxIdMapping>) {
+    let linux = spec.linux().as_ref();
+    (
+        linux
+            .and_then(|l| l.uid_mappings().clone())
+            .unwrap_or_default(),
+        linux
+            .and_then(|l| l.gid_mappings().clone())
+            .unwrap_or_default(),
+    )
+}
+
+/// Checks the id mappings as the kernel will (parent side, before the clone).
+pub fn validate_id_maps(spec: &Spec) -> Result<()> {
+    let (uid, gid) = id_maps(spec);
+    crate::idmap::validate("uid", &uid)?;
+    crate::idmap::validate("gid", &gid)?;
+    Ok(())
 }
 
 /// Writes the uid and gid maps of the child `pid`'s new user namespace (from the parent).
 pub fn write_id_maps(pid: i32, spec: &Spec) -> Result<()> {
-    let linux = spec.linux().as_ref();
-    let uid = linux
-        .and_then(|l| l.uid_mappings().clone())
-        .unwrap_or_default();
-    let gid = linux
-        .and_then(|l| l.gid_mappings().clone())
-        .unwrap_or_default();
-    write_proc(&format!("/proc/{pid}/uid_map"), &format_id_map(&uid))?;
-    write_proc(&format!("/proc/{pid}/gid_map"), &format_id_map(&gid))
+    let (uid, gid) = id_maps(spec);
+    crate::idmap::write_id_maps(nix::unistd::Pid::from_raw(pid), &uid, &gid)?;
+    Ok(())
 }
 
 /// Writes `linux.timeOffsets` for the time namespace the caller just unshared.
@@ -311,12 +322,15 @@ mod tests {
     }
 
     #[test]
-    fn id_map_format() {
-        let m: Vec<LinuxIdMapping> = serde_json::from_value(json!([
-            {"containerID": 0, "hostID": 100000, "size": 65536},
-            {"containerID": 65536, "hostID": 1, "size": 1}
-        ]))
-        .unwrap();
-        assert_eq!(format_id_map(&m), "0 100000 65536\n65536 1 1\n");
+    fn overlapping_id_maps_are_refused() {
+        let mut v = crate::spec::default_spec(false);
+        v["linux"]["namespaces"] = json!([{"type": "user"}, {"type": "mount"}]);
+        v["linux"]["uidMappings"] = json!([
+            {"containerID": 0, "hostID": 100000, "size": 100},
+            {"containerID": 50, "hostID": 300000, "size": 100}
+        ]);
+        v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 100}]);
+        let spec: Spec = serde_json::from_value(v).unwrap();
+        assert!(validate_id_maps(&spec).is_err());
     }
 }

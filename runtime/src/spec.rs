@@ -183,6 +183,17 @@ fn check_raw(raw: &Value) -> Result<()> {
         known_keys(object(root, "root")?, "root.", ROOT_KEYS)?;
     }
     if let Some(p) = top.get("process") {
+        check_process_raw(p)?;
+    }
+    if let Some(h) = top.get("hooks") {
+        known_keys(object(h, "hooks")?, "hooks.", HOOK_KINDS)?;
+    }
+    check_linux_raw(top)
+}
+
+/// Refuses unknown keys and unsupported features of a process object.
+fn check_process_raw(p: &Value) -> Result<()> {
+    {
         let p = object(p, "process")?;
         known_keys(p, "process.", PROCESS_KEYS)?;
         for (key, what) in [
@@ -205,9 +216,10 @@ fn check_raw(raw: &Value) -> Result<()> {
             known_keys(object(u, "process.user")?, "process.user.", USER_KEYS)?;
         }
     }
-    if let Some(h) = top.get("hooks") {
-        known_keys(object(h, "hooks")?, "hooks.", HOOK_KINDS)?;
-    }
+    Ok(())
+}
+
+fn check_linux_raw(top: &Map<String, Value>) -> Result<()> {
     if let Some(l) = top.get("linux") {
         let l = object(l, "linux")?;
         known_keys(l, "linux.", LINUX_KEYS)?;
@@ -230,6 +242,29 @@ fn check_raw(raw: &Value) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parses a process object (`vessel exec --process FILE`) as strictly as a config's
+/// `process`: unknown keys and unsupported features are refused; args must be non-empty
+/// and cwd absolute.
+pub fn parse_process(data: &[u8]) -> Result<oci_spec::runtime::Process> {
+    let parse_err = |source| SpecError::Parse {
+        path: PathBuf::from("process.json"),
+        source,
+    };
+    let raw: Value = serde_json::from_slice(data).map_err(parse_err)?;
+    check_process_raw(&raw)?;
+    let p: oci_spec::runtime::Process = serde_json::from_value(raw).map_err(parse_err)?;
+    if p.args().as_ref().map_or(true, |a| a.is_empty()) {
+        return Err(SpecError::Invalid("process.args must not be empty".into()));
+    }
+    if !p.cwd().is_absolute() {
+        return Err(SpecError::Invalid(format!(
+            "process.cwd {:?} must be an absolute path",
+            p.cwd()
+        )));
+    }
+    Ok(p)
 }
 
 /// Semantic checks after oci-spec parsed the config.
@@ -491,6 +526,23 @@ mod tests {
         let mut v = base();
         v["process"]["apparmorProfile"] = json!("");
         parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn process_files_are_strict() {
+        let ok = br#"{"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}}"#;
+        parse_process(ok).unwrap();
+        let e = parse_process(
+            br#"{"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "bogus": 1}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("process.bogus"), "{e}");
+        let e = parse_process(br#"{"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("args"), "{e}");
+        let e = parse_process(br#"{"args": ["sh"], "cwd": "rel", "user": {"uid": 0, "gid": 0}}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("cwd"), "{e}");
     }
 
     #[test]

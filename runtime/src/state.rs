@@ -2,7 +2,7 @@
 //!
 //! Layout: `<root>/<id>/` holds
 //! - `state.json` — the persisted [`ContainerState`] (OCI state fields plus what later
-//!   commands need), always replaced atomically (write a temp file, fsync, rename);
+//!   commands need), always replaced atomically (write a temp file, rename);
 //! - `config.json` — the spec the container was created from (the bundle may change later);
 //! - `exec.fifo` — the fifo the created init blocks on until `start` (removed by `start`).
 //!
@@ -222,6 +222,30 @@ impl StateDir {
         })
     }
 
+    /// Removes the directory of a create that died before saving its state (no
+    /// `state.json`, nobody holding the lock). Returns whether there was one.
+    pub fn remove_stale(root: &Path, id: &str) -> Result<bool> {
+        validate_id(id)?;
+        let dir = root.join(id);
+        if dir.join(STATE_FILE).exists() {
+            return Ok(false);
+        }
+        let f = match File::open(&dir) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("open", &dir)(e)),
+        };
+        // A create in progress holds the lock: not stale.
+        let Ok(_lock) = Flock::lock(f, FlockArg::LockExclusiveNonblock) else {
+            return Ok(false);
+        };
+        if dir.join(STATE_FILE).exists() {
+            return Ok(false);
+        }
+        fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        Ok(true)
+    }
+
     /// The directory path.
     pub fn path(&self) -> &Path {
         &self.dir
@@ -284,7 +308,7 @@ impl StateDir {
     }
 }
 
-/// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename.
+/// Writes `data` to `path` atomically: a temp file in the same directory, then rename.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -301,7 +325,9 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
         f.write_all(data).map_err(io_err("write", &tmp))?;
-        f.sync_data().map_err(io_err("fsync", &tmp))?;
+        // No fsync: the rename makes the update atomic for concurrent readers, which is
+        // what matters for state under /run (tmpfs, gone at reboot anyway); an fsync
+        // costs milliseconds per container start on disk-backed roots.
         fs::rename(&tmp, path).map_err(io_err("rename", path))
     })();
     if res.is_err() {
@@ -445,6 +471,22 @@ mod tests {
         ));
         assert!(list_ids(root.path()).unwrap().is_empty());
         assert!(matches!(dir.lock(), Err(StateError::NotFound(_))));
+    }
+
+    #[test]
+    fn stale_create_dirs_are_removed_unless_locked() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, lock) = StateDir::create(root.path(), "c3").unwrap();
+        // Being created (locked): not stale.
+        assert!(!StateDir::remove_stale(root.path(), "c3").unwrap());
+        drop(lock);
+        assert!(StateDir::remove_stale(root.path(), "c3").unwrap());
+        assert!(!dir.path().exists());
+        // A saved container is never stale.
+        let (dir, _) = StateDir::create(root.path(), "c4").unwrap();
+        dir.save(&sample("c4")).unwrap();
+        assert!(!StateDir::remove_stale(root.path(), "c4").unwrap());
+        assert!(!StateDir::remove_stale(root.path(), "nope").unwrap());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! ignores).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -118,4 +119,70 @@ fn make_controlling(slave: OwnedFd) -> Result<()> {
     nix::unistd::dup2_stdout(slave.as_fd()).map_err(|e| TerminalError::Sys("dup2", e))?;
     nix::unistd::dup2_stderr(slave.as_fd()).map_err(|e| TerminalError::Sys("dup2", e))?;
     Ok(())
+}
+
+/// A private console socket for a foreground `run`/`exec` that has a terminal but no
+/// `--console-socket`: the runtime itself receives the pty master and relays it to its own
+/// stdio ([`crate::wait::wait_with_console`]).
+#[derive(Debug)]
+pub struct ConsoleReceiver {
+    listener: std::os::unix::net::UnixListener,
+    dir: PathBuf,
+}
+
+impl ConsoleReceiver {
+    /// Listens on a fresh socket in a private (0700) directory under `parent`.
+    pub fn new(parent: &Path) -> Result<ConsoleReceiver> {
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TerminalError::Connect { path, source }
+        };
+        std::fs::create_dir_all(parent).map_err(err(parent))?;
+        let mut dir = None;
+        for n in 0..100u32 {
+            let d = parent.join(format!(".console-{}-{n}", std::process::id()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&d) {
+                Ok(()) => {
+                    dir = Some(d);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(err(&d)(e)),
+            }
+        }
+        let dir =
+            dir.ok_or_else(|| err(parent)(std::io::Error::from_raw_os_error(libc::EEXIST)))?;
+        let path = dir.join("console.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).map_err(err(&path))?;
+        Ok(ConsoleReceiver { listener, dir })
+    }
+
+    /// The socket path to pass as `console_socket`.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("console.sock")
+    }
+
+    /// Accepts the container's connection and takes the pty master from it.
+    pub fn receive(&self) -> Result<OwnedFd> {
+        let (conn, _) = self
+            .listener
+            .accept()
+            .map_err(|source| TerminalError::Connect {
+                path: self.path(),
+                source,
+            })?;
+        let mut buf = [0u8; 1024];
+        let (_, fd) =
+            crate::sync::recv_fd_raw(conn.as_raw_fd(), &mut buf).map_err(TerminalError::Send)?;
+        fd.ok_or(TerminalError::Sys(
+            "receive pty master",
+            nix::Error::EBADMSG,
+        ))
+    }
+}
+
+impl Drop for ConsoleReceiver {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

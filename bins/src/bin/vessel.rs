@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
 use vessel_runtime::container::{Container, CreateOptions, ExecOptions};
 use vessel_runtime::process::child::error_chain;
-use vessel_runtime::{spec, state, wait};
+use vessel_runtime::{spec, state, terminal, wait};
 
 #[path = "../vessel_checkpoint.rs"]
 mod checkpoint;
@@ -339,7 +339,31 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
             } else {
                 Some(wait::block_signals()?)
             };
-            let mut c = Container::create(id, &args.bundle, &create_options(root, args))?;
+            let mut opts = create_options(root, args);
+            // A foreground container with a terminal and no console socket: relay its
+            // pty to our own stdio, like runc.
+            let receiver = if !*detach
+                && opts.console_socket.is_none()
+                && spec::load(&args.bundle)
+                    .ok()
+                    .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()))
+                    == Some(true)
+            {
+                let r = terminal::ConsoleReceiver::new(root)?;
+                opts.console_socket = Some(r.path());
+                Some(r)
+            } else {
+                None
+            };
+            let mut c = Container::create(id, &args.bundle, &opts)?;
+            let master = match receiver.as_ref().map(|r| r.receive()).transpose() {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = c.delete(true);
+                    return Err(e.into());
+                }
+            };
+            drop(receiver);
             if let Err(e) = c.start() {
                 let _ = Container::load(root, id).map(|c| c.delete(true));
                 return Err(e.into());
@@ -348,7 +372,10 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
                 log.warn(&w);
             }
             let Some(sigs) = sigs else { return Ok(0) };
-            let code = wait::wait_forwarding(c.pid(), &sigs)?;
+            let code = match master {
+                Some(m) => wait::wait_with_console(c.pid(), &sigs, m)?,
+                None => wait::wait_forwarding(c.pid(), &sigs)?,
+            };
             if !keep {
                 for w in Container::load(root, id)?.delete(true)? {
                     log.warn(&w);
@@ -402,11 +429,39 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
             Ok(0)
         }
         Cmd::Delete { force, id } => {
-            let c = Container::load(root, id)?;
-            for w in c.delete(*force)? {
-                log.warn(&w);
+            let c = match Container::load(root, id) {
+                Ok(c) => c,
+                // A create that was killed half-way: clean its directory. Like runc,
+                // `delete --force` of a container that does not exist succeeds (shims
+                // call it after a failed create).
+                Err(e) => match Container::remove_stale(root, id) {
+                    Ok(true) => return Ok(0),
+                    _ if *force
+                        && matches!(
+                            e,
+                            vessel_runtime::ContainerError::State(state::StateError::NotFound(_))
+                        ) =>
+                    {
+                        return Ok(0)
+                    }
+                    _ => return Err(e.into()),
+                },
+            };
+            match c.delete(*force) {
+                Ok(warnings) => {
+                    for w in warnings {
+                        log.warn(&w);
+                    }
+                    Ok(0)
+                }
+                // Deleted by someone else while we waited for the lock.
+                Err(vessel_runtime::ContainerError::State(state::StateError::NotFound(_)))
+                    if *force =>
+                {
+                    Ok(0)
+                }
+                Err(e) => Err(e.into()),
             }
-            Ok(0)
         }
         Cmd::Exec {
             process,
@@ -440,16 +495,29 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
             } else {
                 Some(wait::block_signals()?)
             };
+            let receiver = if !*detach && console_socket.is_none() && *tty {
+                Some(terminal::ConsoleReceiver::new(root)?)
+            } else {
+                None
+            };
             let pid = c.exec(
                 &p,
                 &ExecOptions {
                     pid_file: pid_file.clone(),
-                    console_socket: console_socket.clone(),
+                    console_socket: receiver
+                        .as_ref()
+                        .map(|r| r.path())
+                        .or_else(|| console_socket.clone()),
                     preserve_fds: *preserve_fds,
                 },
             )?;
+            let master = receiver.as_ref().map(|r| r.receive()).transpose()?;
+            drop(receiver);
             let Some(sigs) = sigs else { return Ok(0) };
-            let code = wait::wait_forwarding(pid, &sigs)?;
+            let code = match master {
+                Some(m) => wait::wait_with_console(pid, &sigs, m)?,
+                None => wait::wait_forwarding(pid, &sigs)?,
+            };
             Ok(u8::try_from(code).unwrap_or(255))
         }
         Cmd::Ps { format, id } => {
@@ -503,8 +571,8 @@ fn exec_process(
 ) -> Result<oci_spec::runtime::Process, Box<dyn std::error::Error>> {
     if let Some(f) = file {
         let data = std::fs::read(f).map_err(|e| format!("read {}: {e}", f.display()))?;
-        let p: oci_spec::runtime::Process = serde_json::from_slice(&data)
-            .map_err(|e| format!("parse process {}: {e}", f.display()))?;
+        let p = spec::parse_process(&data)
+            .map_err(|e| format!("process {}: {}", f.display(), error_chain(&e)))?;
         return Ok(p);
     }
     if o.command.is_empty() {
@@ -577,5 +645,74 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     line(header.to_vec());
     for r in rows {
         line(r.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_like_runc() {
+        for s in ["TERM", "SIGTERM", "term", "15"] {
+            assert_eq!(parse_signal(s).unwrap(), Signal::SIGTERM, "{s}");
+        }
+        assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn runc_style_command_lines_parse() {
+        let cli = Cli::try_parse_from([
+            "vessel",
+            "--root",
+            "/r",
+            "--log",
+            "/l",
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/p",
+            "--console-socket",
+            "/c",
+            "--no-pivot",
+            "--no-new-keyring",
+            "--preserve-fds",
+            "2",
+            "id1",
+        ])
+        .unwrap();
+        assert_eq!(cli.root, PathBuf::from("/r"));
+        assert_eq!(cli.log_format, LogFormat::Json);
+        match cli.cmd {
+            Cmd::Create { args, id } => {
+                assert_eq!(id, "id1");
+                assert_eq!(args.bundle, PathBuf::from("/b"));
+                assert!(args.no_pivot && args.no_new_keyring);
+                assert_eq!(args.preserve_fds, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["vessel", "kill", "--all", "c", "9"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Kill { all: true, ref signal, .. } if signal == "9"));
+        let cli = Cli::try_parse_from(["vessel", "exec", "-t", "-e", "A=1", "c", "sh", "-c", "x"])
+            .unwrap();
+        match cli.cmd {
+            Cmd::Exec {
+                tty, env, command, ..
+            } => {
+                assert!(tty);
+                assert_eq!(env, ["A=1"]);
+                assert_eq!(command, ["sh", "-c", "x"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["vessel", "pause", "c"]).is_err());
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! Typical use by the container lifecycle:
 //! `Manager::new(path, id)` → `set(resources)` (validates, creates, writes limits; nothing is
-//! created if validation fails) → `apply(pid)` → … → `destroy()`. The manager is
+//! created if validation fails; device rules get runc's defaults appended, `set_exact` skips
+//! that) → `apply(pid)` → … → `destroy()`. The manager is
 //! `Serialize`/`Deserialize` so later commands can rebuild it from the container state; save
 //! it after `set`/`apply`, since it records the directories those created.
 
@@ -31,10 +32,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
 pub use layout::{Layout, Mode};
+/// The OCI types `set` takes, re-exported for callers that build them.
+pub use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxResources};
 pub use oom::OomWatcher;
 pub use stats::{CpuStats, IoStats, MemoryStats, PidsStats, Stats};
 
@@ -221,16 +223,6 @@ fn normalize(p: &Path) -> Result<PathBuf, CgroupError> {
     Ok(out)
 }
 
-fn nearest_existing(dir: &Path, stop: &Path) -> PathBuf {
-    let mut cur = dir.to_path_buf();
-    while !cur.exists() && cur != stop {
-        if !cur.pop() {
-            break;
-        }
-    }
-    cur
-}
-
 fn read_list(dir: &Path, file: &str) -> Vec<String> {
     fs::read_opt(dir, file)
         .ok()
@@ -298,10 +290,8 @@ impl Manager {
         }
         if let Some(u) = &layout.unified {
             let (dir, base) = plan(u);
-            let avail = read_list(
-                &nearest_existing(&dir, &u.mount_point),
-                "cgroup.controllers",
-            );
+            // What the base can hand down (enable_v2 enables it along the whole path).
+            let avail = read_list(&base, "cgroup.controllers");
             let useful = mode == Mode::Unified || avail.iter().any(|c| !v1_ctrls.contains(c));
             if useful {
                 hierarchies.push(Hierarchy {
@@ -371,11 +361,12 @@ impl Manager {
             .or_else(|| self.v2())
     }
 
-    /// The hierarchy whose cgroup.procs is authoritative for `pids`.
-    fn primary(&self) -> &Hierarchy {
+    /// The hierarchy whose cgroup.procs is authoritative for `pids` (`None` only for a
+    /// manager deserialized from a state without hierarchies).
+    fn primary(&self) -> Option<&Hierarchy> {
         self.freezer()
             .or_else(|| self.owner("pids"))
-            .unwrap_or(&self.hierarchies[0])
+            .or_else(|| self.hierarchies.first())
     }
 
     fn need(&self, controller: &str, what: &str) -> Result<&Hierarchy, CgroupError> {
@@ -386,8 +377,21 @@ impl Manager {
             })
     }
 
-    /// Checks `r` against the rules and this host without creating or writing anything.
+    /// Checks what [`Manager::set`] would apply (`r` plus the runtime's default device
+    /// rules) against the rules and this host without creating or writing anything.
     pub fn validate(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        match r.devices() {
+            Some(list) => {
+                let mut eff = r.clone();
+                eff.set_devices(Some(devices::container_rules(list, &[])));
+                self.validate_exact(&eff)
+            }
+            None => self.validate_exact(r),
+        }
+    }
+
+    /// Checks `r` exactly as given (see [`Manager::set_exact`]).
+    pub fn validate_exact(&self, r: &LinuxResources) -> Result<(), CgroupError> {
         validate::check(r)?;
         if let Some(m) = r.memory() {
             let any = m.limit().is_some_and(|v| v != 0)
@@ -483,6 +487,15 @@ impl Manager {
                 )));
             }
         }
+        if let Some(list) = r.devices() {
+            if self
+                .hierarchies
+                .iter()
+                .any(|h| h.version == Version::V1 && h.has("devices"))
+            {
+                devices::v1_lines(&devices::rules_from_oci(list)?)?;
+            }
+        }
         if r.devices().is_some()
             && !self
                 .hierarchies
@@ -573,7 +586,15 @@ impl Manager {
                             }
                         }
                     }
-                    if h.version == Version::V2 && self.mode == Mode::Unified {
+                    // A parent with processes (other than the root) cannot delegate domain
+                    // controllers; enabling only the threaded ones would turn its subtree
+                    // threaded, so leave it alone (set() reports what it needs).
+                    // (The root has no cgroup.type and is exempt.)
+                    let busy = h.version == Version::V2
+                        && !fs::procs(&parent)?.is_empty()
+                        && fs::read_opt(&parent, "cgroup.type")?
+                            .is_some_and(|t| t.trim() == "domain");
+                    if h.version == Version::V2 && self.mode == Mode::Unified && !busy {
                         // Best effort, as runc: make every controller the parent offers
                         // available to the new child (fails if the parent holds processes).
                         let avail = read_list(&parent, "cgroup.controllers");
@@ -603,7 +624,26 @@ impl Manager {
         for c in rel.components() {
             let on = read_list(&cur, "cgroup.subtree_control");
             for ctrl in ctrls.iter().filter(|x| !on.iter().any(|o| o == *x)) {
-                fs::write(&cur, "cgroup.subtree_control", &format!("+{ctrl}"))?;
+                match fs::write(&cur, "cgroup.subtree_control", &format!("+{ctrl}")) {
+                    Err(CgroupError::Write { ref source, .. })
+                        if matches!(
+                            source.raw_os_error(),
+                            Some(libc::EBUSY) | Some(libc::EOPNOTSUPP)
+                        ) =>
+                    {
+                        return Err(CgroupError::ControllerUnavailable {
+                            controller: (*ctrl).to_string(),
+                            reason: format!(
+                                "cannot enable it below {}: that cgroup holds processes (or is \
+                                 in a threaded subtree) and cgroup v2 delegates domain \
+                                 controllers only from cgroups without processes; use an \
+                                 absolute cgroupsPath or run vessel from a cgroup of its own",
+                                cur.display()
+                            ),
+                        })
+                    }
+                    other => other?,
+                }
             }
             cur.push(c);
         }
@@ -619,10 +659,33 @@ impl Manager {
         Ok(())
     }
 
-    /// Validates and applies `r` (initial setup or live update). Nothing is created when
-    /// validation fails.
+    /// Validates and applies `r` (initial setup or live update) as runc does: when `r` has
+    /// device rules, [`devices::runtime_default_rules`] are appended (null, zero, tty, pts…).
+    /// Nothing is created when validation fails.
     pub fn set(&self, r: &LinuxResources) -> Result<(), CgroupError> {
-        self.validate(r)?;
+        self.set_with_devices(r, &[])
+    }
+
+    /// As [`Manager::set`], also allowing the device nodes of `linux.devices`
+    /// (see [`devices::container_rules`]).
+    pub fn set_with_devices(
+        &self,
+        r: &LinuxResources,
+        nodes: &[LinuxDevice],
+    ) -> Result<(), CgroupError> {
+        match r.devices() {
+            Some(list) => {
+                let mut eff = r.clone();
+                eff.set_devices(Some(devices::container_rules(list, nodes)));
+                self.set_exact(&eff)
+            }
+            None => self.set_exact(r),
+        }
+    }
+
+    /// Validates and applies `r` exactly as given: the device rules are not extended.
+    pub fn set_exact(&self, r: &LinuxResources) -> Result<(), CgroupError> {
+        self.validate_exact(r)?;
         self.create()?;
         // Controllers needed from the v2 tree.
         let mut v2_need: BTreeSet<&str> = BTreeSet::new();
@@ -773,11 +836,16 @@ impl Manager {
         Ok(())
     }
 
-    /// Freezes every process of the container and waits until the freeze settled.
+    /// Freezes every process of the container and waits (up to 10 s) until the freeze
+    /// settled; if it does not, thaws again and fails.
     pub fn freeze(&self) -> Result<(), CgroupError> {
+        self.freeze_within(Duration::from_secs(10))
+    }
+
+    fn freeze_within(&self, timeout: Duration) -> Result<(), CgroupError> {
         match self.freezer() {
-            Some(h) if h.version == Version::V1 => v1::freeze(&h.dir),
-            Some(h) => v2::set_frozen(&h.dir, true),
+            Some(h) if h.version == Version::V1 => v1::freeze(&h.dir, timeout),
+            Some(h) => v2::set_frozen(&h.dir, true, timeout),
             None => Err(CgroupError::ControllerUnavailable {
                 controller: "freezer".into(),
                 reason: "no v1 freezer hierarchy and no cgroup2".into(),
@@ -789,7 +857,7 @@ impl Manager {
     pub fn thaw(&self) -> Result<(), CgroupError> {
         match self.freezer() {
             Some(h) if h.version == Version::V1 => v1::thaw(&h.dir),
-            Some(h) => v2::set_frozen(&h.dir, false),
+            Some(h) => v2::set_frozen(&h.dir, false, Duration::from_secs(10)),
             None => Err(CgroupError::ControllerUnavailable {
                 controller: "freezer".into(),
                 reason: "no v1 freezer hierarchy and no cgroup2".into(),
@@ -810,7 +878,9 @@ impl Manager {
     /// Pids in the container's cgroup and its descendants.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         let mut out = Vec::new();
-        collect_pids(&self.primary().dir, &mut out)?;
+        if let Some(h) = self.primary() {
+            collect_pids(&h.dir, &mut out)?;
+        }
         out.sort_unstable();
         out.dedup();
         Ok(out)
@@ -819,10 +889,9 @@ impl Manager {
     /// Sends `signal` to every process. For SIGKILL it uses cgroup.kill where the kernel has
     /// it, else freezes, signals each pid and thaws, repeating until the cgroup is empty.
     pub fn kill_all(&self, signal: Signal) -> Result<(), CgroupError> {
-        let prim = self.primary();
-        if !prim.dir.exists() {
+        let Some(prim) = self.primary().filter(|h| h.dir.exists()) else {
             return Ok(());
-        }
+        };
         if signal == Signal::SIGKILL
             && prim.version == Version::V2
             && prim.dir.join("cgroup.kill").exists()
@@ -832,12 +901,17 @@ impl Manager {
         }
         let start = Instant::now();
         let mut pause = Duration::from_micros(500);
+        // Freezing keeps a forking container from outrunning the kill loop; a task stuck
+        // where it cannot freeze (e.g. stalled under OOM with the OOM killer disabled) is
+        // signalled unfrozen instead, after a short try.
+        let mut try_freeze = signal == Signal::SIGKILL;
         loop {
             let pids = self.pids()?;
             if pids.is_empty() {
                 return Ok(());
             }
-            let frozen = signal == Signal::SIGKILL && self.freeze().is_ok();
+            let frozen = try_freeze && self.freeze_within(Duration::from_millis(500)).is_ok();
+            try_freeze &= frozen;
             for p in &pids {
                 match kill(Pid::from_raw(*p), signal) {
                     Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
@@ -876,7 +950,7 @@ impl Manager {
             }
             if start.elapsed() > Duration::from_secs(10) {
                 return Err(CgroupError::KillTimeout {
-                    path: self.primary().dir.clone(),
+                    path: self.primary().map(|h| h.dir.clone()).unwrap_or_default(),
                     count: pids.len(),
                 });
             }
@@ -933,9 +1007,14 @@ impl Manager {
 
     /// Thaws, kills what is left, and removes exactly the directories this manager created
     /// (leaf first, plus any cgroups the container made below its own). Idempotent.
+    /// A cgroup that existed before (joined, not created) is left alone, processes and all.
     pub fn destroy(&self) -> Result<(), CgroupError> {
-        let any_leaf = self.hierarchies.iter().any(|h| h.dir.exists());
-        if any_leaf {
+        // Processes are only killed in a cgroup this manager created: a pre-existing cgroup
+        // that the container merely joined may hold processes that are not ours.
+        let own_leaf = self
+            .primary()
+            .is_some_and(|p| p.dir.exists() && p.created().last() == Some(&p.dir));
+        if own_leaf {
             if let Some(h) = self.freezer().filter(|h| h.dir.exists()) {
                 if self.is_frozen().unwrap_or(false) || h.version == Version::V1 {
                     let _ = self.thaw();
@@ -1040,4 +1119,93 @@ fn rmdir_retry(d: &Path, retry: bool) -> Result<(), CgroupError> {
 }
 
 #[cfg(test)]
+mod guest_vm;
+#[cfg(test)]
 mod kernel_tests;
+#[cfg(test)]
+mod test_util;
+#[cfg(test)]
+mod v2_tests;
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    fn legacy() -> Layout {
+        Layout::parse(
+            "3:cpu,cpuacct:/\n2:memory:/own/x\n1:name=systemd:/\n",
+            "30 25 0:26 / /cg/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+             31 25 0:27 / /cg/memory rw - cgroup cgroup rw,memory\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn paths_are_planned_per_hierarchy() {
+        let l = legacy();
+        let m = Manager::with_layout(&l, None, "c1").unwrap();
+        let dirs: Vec<_> = m.hierarchies().iter().map(|h| h.dir.clone()).collect();
+        assert_eq!(
+            dirs,
+            [
+                PathBuf::from("/cg/cpu,cpuacct/vessel/c1"),
+                PathBuf::from("/cg/memory/own/x/vessel/c1")
+            ]
+        );
+        let m = Manager::with_layout(&l, Some(Path::new("/abs/p")), "c1").unwrap();
+        assert_eq!(m.hierarchies()[1].dir, Path::new("/cg/memory/abs/p"));
+        let m = Manager::with_layout(&l, Some(Path::new("rel/p")), "c1").unwrap();
+        assert_eq!(m.hierarchies()[1].dir, Path::new("/cg/memory/own/x/rel/p"));
+        assert_eq!(
+            m.path_for("cpuacct"),
+            Some(Path::new("/cg/cpu,cpuacct/rel/p"))
+        );
+        assert_eq!(m.path_for("pids"), None);
+        assert_eq!(m.mode(), Mode::Legacy);
+    }
+
+    #[test]
+    fn bad_paths_and_ids() {
+        let l = legacy();
+        for p in ["../x", "a/../../b", "/", ""] {
+            assert!(
+                Manager::with_layout(&l, Some(Path::new(p)), "c").is_err(),
+                "{p:?}"
+            );
+        }
+        for id in ["", ".", "..", "a/b"] {
+            assert!(Manager::with_layout(&l, None, id).is_err(), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn state_json_round_trip() {
+        let m = Manager::with_layout(&legacy(), None, "c1").unwrap();
+        m.hierarchies[0]
+            .created()
+            .push(PathBuf::from("/cg/cpu,cpuacct/vessel"));
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["mode"], "legacy");
+        assert_eq!(v["hierarchies"][0]["version"], "v1");
+        let back: Manager = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            *back.hierarchies[0].created(),
+            vec![PathBuf::from("/cg/cpu,cpuacct/vessel")]
+        );
+        assert_eq!(back.shared_parents, m.shared_parents);
+    }
+
+    #[test]
+    fn missing_controllers_are_named() {
+        let m = Manager::with_layout(&legacy(), None, "c1").unwrap();
+        let r: LinuxResources = serde_json::from_str(r#"{"pids":{"limit":5}}"#).unwrap();
+        let e = m.validate(&r).unwrap_err().to_string();
+        assert!(e.contains("pids"), "{e}");
+        let r: LinuxResources =
+            serde_json::from_str(r#"{"unified":{"memory.high":"1M"}}"#).unwrap();
+        assert!(m.validate(&r).unwrap_err().to_string().contains("cgroup2"));
+        let r: LinuxResources =
+            serde_json::from_str(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":1}]}"#).unwrap();
+        assert!(m.validate(&r).unwrap_err().to_string().contains("hugetlb"));
+    }
+}

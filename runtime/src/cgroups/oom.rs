@@ -92,6 +92,28 @@ impl OomWatcher {
                 Ok(Some(n))
             }
             Inner::V2 { inotify, last } => loop {
+                // kernfs sends no inotify event when the cgroup is removed: wake up now and
+                // then to notice that (the v1 eventfd is signalled on removal instead).
+                let mut pfd = libc::pollfd {
+                    fd: inotify.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: pfd is one valid pollfd for the duration of the call.
+                let r = unsafe { libc::poll(&mut pfd, 1, 500) };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(ev_err(&self.dir, e));
+                }
+                if r == 0 {
+                    if !self.dir.join("memory.events").exists() {
+                        return Ok(None);
+                    }
+                    continue;
+                }
                 let mut buf = [0u8; 4096];
                 // SAFETY: buf is a writable buffer of the given length; the fd is open.
                 let n =

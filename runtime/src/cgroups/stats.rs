@@ -66,3 +66,59 @@ pub struct IoStats {
     /// Bytes written.
     pub write_bytes: u64,
 }
+
+impl Stats {
+    /// The `data` object of runc's `events --stats` output (the fields Vessel measures;
+    /// limits that are unlimited are reported as 0 like runc's "max" handling of pids).
+    pub fn to_runc_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cpu": {
+                "usage": {
+                    "total": self.cpu.usage_total_ns,
+                    "kernel": self.cpu.usage_system_ns,
+                    "user": self.cpu.usage_user_ns,
+                },
+                "throttling": {
+                    "periods": self.cpu.nr_periods,
+                    "throttledPeriods": self.cpu.nr_throttled,
+                    "throttledTime": self.cpu.throttled_time_ns,
+                },
+            },
+            "memory": {
+                "usage": {
+                    "usage": self.memory.usage,
+                    "max": self.memory.peak.unwrap_or(0),
+                    "limit": self.memory.limit.unwrap_or(u64::MAX),
+                    "failcnt": self.memory.limit_hits,
+                },
+                "oom_kill": self.memory.oom_kill,
+            },
+            "pids": {
+                "current": self.pids.current,
+                "limit": self.pids.limit.unwrap_or(0),
+            },
+            "blkio": {
+                "ioServiceBytesRecursive": [
+                    {"op": "Read", "value": self.io.read_bytes},
+                    {"op": "Write", "value": self.io.write_bytes},
+                ],
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runc_shape() {
+        let mut s = Stats::default();
+        s.cpu.nr_throttled = 3;
+        s.pids.limit = Some(10);
+        let v = s.to_runc_json();
+        assert_eq!(v["cpu"]["throttling"]["throttledPeriods"], 3);
+        assert_eq!(v["pids"]["limit"], 10);
+        assert_eq!(v["memory"]["usage"]["limit"], u64::MAX);
+    }
+}

@@ -54,16 +54,22 @@ pub(crate) fn set_memory(dir: &Path, m: &LinuxMemory) -> Result<(), CgroupError>
             }
         }
         (Some(l), None) => {
-            // Without a swap value, a limit above the current memsw would be refused: lift memsw
-            // to unlimited first (as runc does for limit=-1).
-            if has_memsw {
-                let memsw = fs::read(dir, "memory.memsw.limit_in_bytes")?;
-                let memsw: u64 = memsw.trim().parse().unwrap_or(u64::MAX);
-                if l == -1 || (l as u64) > memsw {
-                    fs::write(dir, "memory.memsw.limit_in_bytes", "-1")?;
+            // An unlimited memory limit without a swap value means unlimited swap too (as
+            // runc); a finite limit leaves an earlier swap limit alone, and the kernel refuses
+            // a limit above it (memsw must stay >= limit).
+            if l == -1 && has_memsw {
+                fs::write(dir, "memory.memsw.limit_in_bytes", "-1")?;
+            }
+            let r = fs::write(dir, "memory.limit_in_bytes", &limit_str(l));
+            if let Err(CgroupError::Write { ref source, .. }) = r {
+                if source.raw_os_error() == Some(libc::EINVAL) && has_memsw {
+                    return Err(CgroupError::Invalid(format!(
+                        "memory limit {l} is above the current memory+swap limit; \
+                         give linux.resources.memory.swap too"
+                    )));
                 }
             }
-            fs::write(dir, "memory.limit_in_bytes", &limit_str(l))?;
+            r?;
         }
         (None, Some(s)) => fs::write(dir, "memory.memsw.limit_in_bytes", &limit_str(s))?,
         (None, None) => {}
@@ -192,8 +198,8 @@ pub(crate) fn set_blkio(dir: &Path, b: &LinuxBlockIo) -> Result<(), CgroupError>
     Ok(())
 }
 
-/// Freezes and waits until the whole group is FROZEN; on timeout thaws and fails.
-pub(crate) fn freeze(dir: &Path) -> Result<(), CgroupError> {
+/// Freezes and waits until the whole group is FROZEN; after `timeout` thaws and fails.
+pub(crate) fn freeze(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
     let start = Instant::now();
     let mut pause = Duration::from_micros(200);
     loop {
@@ -202,7 +208,7 @@ pub(crate) fn freeze(dir: &Path) -> Result<(), CgroupError> {
         if state.trim() == "FROZEN" {
             return Ok(());
         }
-        if start.elapsed() > Duration::from_secs(10) {
+        if start.elapsed() > timeout {
             let _ = fs::write(dir, "freezer.state", "THAWED");
             return Err(CgroupError::FreezeTimeout {
                 path: dir.to_path_buf(),
@@ -246,7 +252,10 @@ pub(crate) fn memory_stats(dir: &Path) -> Result<MemoryStats, CgroupError> {
         peak: fs::read_u64_opt(dir, "memory.max_usage_in_bytes")?,
         // The kernel reports "unlimited" as PAGE_COUNTER_MAX pages, far above any real RAM.
         limit: limit.filter(|&l| l < (1u64 << 62)),
-        limit_hits: fs::read_u64_opt(dir, "memory.failcnt")?.unwrap_or(0),
+        // With a memsw limit the kernel charges (and counts failures) there first.
+        limit_hits: fs::read_u64_opt(dir, "memory.failcnt")?
+            .unwrap_or(0)
+            .max(fs::read_u64_opt(dir, "memory.memsw.failcnt")?.unwrap_or(0)),
         oom_kill: keyed(&oom, "oom_kill").unwrap_or(0),
         under_oom: keyed(&oom, "under_oom") == Some(1),
     })

@@ -137,12 +137,12 @@ fn frozen(dir: &Path) -> Result<bool, CgroupError> {
 }
 
 /// Writes cgroup.freeze and waits until cgroup.events reports the state.
-pub(crate) fn set_frozen(dir: &Path, freeze: bool) -> Result<(), CgroupError> {
+pub(crate) fn set_frozen(dir: &Path, freeze: bool, timeout: Duration) -> Result<(), CgroupError> {
     fs::write(dir, "cgroup.freeze", if freeze { "1" } else { "0" })?;
     let start = Instant::now();
     let mut pause = Duration::from_micros(200);
     while frozen(dir)? != freeze {
-        if start.elapsed() > Duration::from_secs(10) {
+        if start.elapsed() > timeout {
             if freeze {
                 let _ = fs::write(dir, "cgroup.freeze", "0");
             }

@@ -133,6 +133,8 @@ pub fn run(setup: &Setup<'_>) -> ! {
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(setup)));
     let msg = match res {
         Ok(Ok(never)) => match never {},
+        // The parent gave up on us (its own error is what the user sees): leave quietly.
+        Ok(Err(ChildError::Sync(SyncError::Closed))) => exit_child(127),
         Ok(Err(e)) => error_chain(&e),
         Err(_) => "container process setup panicked".to_string(),
     };

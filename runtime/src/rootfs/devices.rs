@@ -171,7 +171,7 @@ fn mknod(dir: BorrowedFd<'_>, name: &std::ffi::OsStr, d: &Dev) -> Result<(), Err
 
 /// Bind the host's node at the same path over an empty file in the rootfs.
 fn bind_device(root: BorrowedFd<'_>, d: &Dev) -> Result<(), Errno> {
-    let host = sys::cstring(d.path.to_str().ok_or(Errno::EINVAL)?)?;
+    let host = sys::path_cstring(&d.path)?;
     let tree = sys::open_tree(
         nix::fcntl::AT_FDCWD,
         &host,

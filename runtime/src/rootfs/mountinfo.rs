@@ -64,7 +64,24 @@ fn parse_line(line: &str) -> Option<MountEntry> {
 
 /// Read and parse `/proc/self/mountinfo`.
 pub(crate) fn read() -> std::io::Result<Vec<MountEntry>> {
-    Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
+    Ok(parse(&read_proc_file("/proc/self/mountinfo")?))
+}
+
+/// Read a procfs file in as few read(2) calls as possible (procfs reports a
+/// size of 0, so `fs::read_to_string` would start with tiny probe reads).
+pub(crate) fn read_proc_file(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = f.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! resolved target, as runc does.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -18,6 +19,7 @@ use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
 use nix::unistd::symlinkat;
 use oci_spec::runtime::Mount;
 
+use super::copyup;
 use super::error::RootfsError;
 use super::mountinfo::{self, MountEntry};
 use super::options::{self, Kind, Parsed};
@@ -52,13 +54,13 @@ pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
 }
 
 /// Error builder for one mount entry.
-struct Err<'m> {
+struct MountErr<'m> {
     m: &'m Mount,
     dest: &'m Path,
     fstype: &'m str,
 }
 
-impl Err<'_> {
+impl MountErr<'_> {
     fn at(&self, op: &'static str) -> impl FnOnce(Errno) -> RootfsError + '_ {
         move |errno| RootfsError::Mount {
             destination: self.dest.to_path_buf(),
@@ -82,7 +84,7 @@ pub(crate) fn mount_entry(ctx: &mut Ctx<'_>, index: usize, m: &Mount) -> Result<
         .ok_or_else(|| invalid("destination must be absolute and stay inside the rootfs".into()))?;
     match &parsed.kind {
         Kind::Bind { recursive } => {
-            let e = Err {
+            let e = MountErr {
                 m,
                 dest: &dest,
                 fstype: "bind",
@@ -90,7 +92,7 @@ pub(crate) fn mount_entry(ctx: &mut Ctx<'_>, index: usize, m: &Mount) -> Result<
             bind(ctx, m, &dest, &parsed, *recursive, &e)
         }
         Kind::Cgroup => {
-            let e = Err {
+            let e = MountErr {
                 m,
                 dest: &dest,
                 fstype: "cgroup",
@@ -98,7 +100,7 @@ pub(crate) fn mount_entry(ctx: &mut Ctx<'_>, index: usize, m: &Mount) -> Result<
             cgroup(ctx, &dest, &parsed, &e)
         }
         Kind::Fs(t) => {
-            let e = Err {
+            let e = MountErr {
                 m,
                 dest: &dest,
                 fstype: t,
@@ -115,7 +117,7 @@ fn clone_tree(source: &Path, recursive: bool) -> Result<OwnedFd, Errno> {
     if recursive {
         flags |= libc::AT_RECURSIVE as u32;
     }
-    let c = sys::cstring(source.to_str().ok_or(Errno::EINVAL)?)?;
+    let c = sys::path_cstring(source)?;
     sys::open_tree(nix::fcntl::AT_FDCWD, &c, flags)
 }
 
@@ -130,7 +132,7 @@ fn apply_attrs(
     fd: BorrowedFd<'_>,
     p: &Parsed,
     per_mount: MountAttr,
-    e: &Err<'_>,
+    e: &MountErr<'_>,
 ) -> Result<(), RootfsError> {
     if !p.rec_attr.is_empty() {
         sys::mount_setattr(fd, p.rec_attr, true)
@@ -142,7 +144,7 @@ fn apply_attrs(
     Ok(())
 }
 
-fn apply_propagation(fd: BorrowedFd<'_>, p: &Parsed, e: &Err<'_>) -> Result<(), RootfsError> {
+fn apply_propagation(fd: BorrowedFd<'_>, p: &Parsed, e: &MountErr<'_>) -> Result<(), RootfsError> {
     for prop in &p.propagation {
         let attr = MountAttr {
             propagation: (*prop & !MsFlags::MS_REC).bits(),
@@ -160,7 +162,7 @@ fn bind(
     dest: &Path,
     p: &Parsed,
     recursive: bool,
-    e: &Err<'_>,
+    e: &MountErr<'_>,
 ) -> Result<(), RootfsError> {
     let source = m
         .source()
@@ -186,38 +188,72 @@ fn filesystem(
     dest: &Path,
     p: &Parsed,
     fstype: &str,
-    e: &Err<'_>,
+    e: &MountErr<'_>,
 ) -> Result<(), RootfsError> {
     let target =
         ensure_in_root(ctx.root, dest, Want::Dir).map_err(e.at("resolve/create mount point"))?;
     let source: PathBuf = m.source().clone().unwrap_or_else(|| PathBuf::from(fstype));
     let data = p.data_string();
     let data = (!data.is_empty()).then_some(data.as_str());
+    // tmpcopyup: keep a handle on the directory about to be covered.
+    let covered = match p.tmpcopyup {
+        true => {
+            Some(copyup::reopen_dir(target.as_fd()).map_err(e.at("open directory for tmpcopyup"))?)
+        }
+        false => None,
+    };
+    // With tmpcopyup the tmpfs is filled first and made read-only after.
+    let flags = match covered {
+        Some(_) => p.flags - MsFlags::MS_RDONLY,
+        None => p.flags,
+    };
     let res = mount(
         Some(source.as_path()),
         sys::proc_fd_path(target.as_fd()).as_c_str(),
         Some(fstype),
-        p.flags,
+        flags,
         data,
     );
     match res {
         Ok(()) => {}
-        // In a user namespace without its own network namespace the kernel
-        // refuses a new sysfs; bind the host's instead (as runc does).
-        Err(Errno::EPERM) if fstype == "sysfs" => {
-            let tree = clone_tree(Path::new("/sys"), true)
-                .map_err(e.at("open_tree /sys (sysfs fallback)"))?;
-            let attr = MountAttr {
-                set: p.bind_attr().set,
-                clr: p.bind_attr().clr,
-                propagation: 0,
+        // In a user namespace that does not own the network (sysfs) or IPC
+        // (mqueue) namespace the kernel refuses a new instance; bind the
+        // host's instead (as runc does).
+        Err(Errno::EPERM) if fstype == "sysfs" || fstype == "mqueue" => {
+            let host = if fstype == "sysfs" {
+                "/sys"
+            } else {
+                "/dev/mqueue"
             };
-            sys::mount_setattr(tree.as_fd(), attr, true)
-                .map_err(e.at("mount_setattr (sysfs fallback)"))?;
+            let tree = clone_tree(Path::new(host), true)
+                .map_err(e.at("open_tree host instance (EPERM fallback)"))?;
+            let attr = MountAttr {
+                propagation: 0,
+                ..p.bind_attr()
+            };
+            if !attr.is_empty() {
+                sys::mount_setattr(tree.as_fd(), attr, true)
+                    .map_err(e.at("mount_setattr (EPERM fallback)"))?;
+            }
             sys::move_mount_fd(tree.as_fd(), target.as_fd())
-                .map_err(e.at("move_mount (sysfs fallback)"))?;
+                .map_err(e.at("move_mount (EPERM fallback)"))?;
         }
         Err(errno) => return Err(e.at("mount")(errno)),
+    }
+    if let Some(covered) = covered {
+        let top =
+            open_in_root(ctx.root, dest, OFlag::O_DIRECTORY).map_err(e.at("reopen new tmpfs"))?;
+        let top_dir =
+            copyup::reopen_dir(top.as_fd()).map_err(e.at("open new tmpfs for tmpcopyup"))?;
+        copyup::copy_dir(covered, top_dir).map_err(e.at("tmpcopyup"))?;
+        if p.readonly() {
+            let ro = MountAttr {
+                set: libc::MOUNT_ATTR_RDONLY,
+                ..Default::default()
+            };
+            sys::mount_setattr(top.as_fd(), ro, false)
+                .map_err(e.at("make read-only after tmpcopyup"))?;
+        }
     }
     if p.rec_attr.is_empty() && p.propagation.is_empty() {
         return Ok(());
@@ -230,7 +266,7 @@ fn filesystem(
 
 /// One line of /proc/self/cgroup: (controllers or `name=x`, path).
 fn own_cgroups() -> Result<Vec<(String, PathBuf)>, Errno> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| io_errno(&e))?;
+    let text = mountinfo::read_proc_file("/proc/self/cgroup").map_err(|e| io_errno(&e))?;
     Ok(text
         .lines()
         .filter_map(|l| {
@@ -271,7 +307,7 @@ fn same_set(a: &[&str], b: &str) -> bool {
 /// mount per hierarchy showing the container's own cgroup (a fresh cgroup
 /// mount inside a cgroup namespace, else a bind of the host directory); on
 /// a unified host, cgroup2 (fresh in a cgroup namespace, else a bind).
-fn cgroup(ctx: &mut Ctx<'_>, dest: &Path, p: &Parsed, e: &Err<'_>) -> Result<(), RootfsError> {
+fn cgroup(ctx: &mut Ctx<'_>, dest: &Path, p: &Parsed, e: &MountErr<'_>) -> Result<(), RootfsError> {
     let rootfs = ctx.rootfs.to_path_buf();
     let cgroupns = ctx.cgroupns;
     let root = ctx.root;
@@ -346,15 +382,21 @@ fn cgroup(ctx: &mut Ctx<'_>, dest: &Path, p: &Parsed, e: &Err<'_>) -> Result<(),
         }
         done.push(name);
         let subs = v1_subsystems(&h.super_options);
+        // A fresh directory in our own new tmpfs: no symlink can be in the
+        // way, so address it by path below the tmpfs fd.
         mkdirat(tmp.as_fd(), name, Mode::from_bits_truncate(0o755))
             .map_err(e.at("mkdir cgroup hierarchy dir"))?;
-        let sub = open_in_root(tmp.as_fd(), Path::new(name), OFlag::O_DIRECTORY)
-            .map_err(e.at("open cgroup hierarchy dir"))?;
+        let mut sub_path = sys::proc_fd_path(tmp.as_fd()).into_bytes();
+        sub_path.push(b'/');
+        sub_path.extend_from_slice(name.as_bytes());
+        let sub_path = std::ffi::CString::new(sub_path)
+            .map_err(|_| Errno::EINVAL)
+            .map_err(e.at("cgroup path"))?;
         if cgroupns {
             let data = subs.join(",");
             mount(
                 Some("cgroup"),
-                sys::proc_fd_path(sub.as_fd()).as_c_str(),
+                sub_path.as_c_str(),
                 Some("cgroup"),
                 p.flags,
                 Some(data.as_str()),
@@ -372,7 +414,10 @@ fn cgroup(ctx: &mut Ctx<'_>, dest: &Path, p: &Parsed, e: &Err<'_>) -> Result<(),
             attr.set |= libc::MOUNT_ATTR_RDONLY * u64::from(p.readonly());
             sys::mount_setattr(tree.as_fd(), attr, false)
                 .map_err(e.at("mount_setattr host cgroup"))?;
-            sys::move_mount_fd(tree.as_fd(), sub.as_fd())
+            let name_c = std::ffi::CString::new(name.as_bytes())
+                .map_err(|_| Errno::EINVAL)
+                .map_err(e.at("cgroup path"))?;
+            sys::move_mount_at(tree.as_fd(), tmp.as_fd(), &name_c)
                 .map_err(e.at("move_mount host cgroup"))?;
         }
         // Co-mounted controllers ("cpu,cpuacct") get one symlink per controller.

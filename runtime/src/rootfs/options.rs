@@ -37,6 +37,8 @@ pub(crate) struct Parsed {
     pub rec_attr: MountAttr,
     /// Filesystem-specific options, passed to the kernel as mount data.
     pub data: Vec<String>,
+    /// runc's `tmpcopyup`: fill a new tmpfs with what it covers.
+    pub tmpcopyup: bool,
 }
 
 impl Parsed {
@@ -301,6 +303,7 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
     let mut propagation = Vec::new();
     let mut rec_attr = MountAttr::default();
     let mut rest: Vec<&str> = Vec::new();
+    let mut tmpcopyup = false;
 
     for opt in m.options().as_deref().unwrap_or(&[]) {
         let opt = opt.as_str();
@@ -334,9 +337,7 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
                         "option {opt:?}: id-mapped mounts are not supported"
                     ))
                 }
-                "tmpcopyup" => {
-                    return Err("option \"tmpcopyup\" is not supported".to_string());
-                }
+                "tmpcopyup" => tmpcopyup = true,
                 "" => return Err("empty mount option".to_string()),
                 _ => rest.push(opt),
             },
@@ -359,6 +360,9 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
         }
     };
 
+    if tmpcopyup && kind != Kind::Fs("tmpfs".into()) {
+        return Err("option \"tmpcopyup\" is only valid for tmpfs".to_string());
+    }
     let mut data = Vec::new();
     match &kind {
         Kind::Bind { .. } => {
@@ -409,6 +413,7 @@ pub(crate) fn parse(m: &Mount) -> Result<Parsed, String> {
         propagation,
         rec_attr,
         data,
+        tmpcopyup,
     })
 }
 
@@ -517,9 +522,16 @@ mod tests {
         assert!(parse(&mount(r#"{"destination":"/t"}"#)).is_err());
         assert!(parse(&mount(r#"{"destination":"/t","type":"none"}"#)).is_err());
         assert!(parse(&mount(
-            r#"{"destination":"/t","type":"tmpfs","options":["tmpcopyup"]}"#
+            r#"{"destination":"/t","type":"proc","options":["tmpcopyup"]}"#
         ))
         .is_err());
+        assert!(
+            parse(&mount(
+                r#"{"destination":"/t","type":"tmpfs","options":["tmpcopyup"]}"#
+            ))
+            .unwrap()
+            .tmpcopyup
+        );
         // Unknown filesystems pass their data through.
         let p = parse(&mount(
             r#"{"destination":"/t","type":"ext4","source":"/dev/vdb","options":["ro","discard","errors=remount-ro"]}"#,

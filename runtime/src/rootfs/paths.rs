@@ -39,6 +39,7 @@ pub(crate) fn mask(root: BorrowedFd<'_>, paths: &[String]) -> Result<(), RootfsE
     // The first masked directory gets a fresh read-only tmpfs; later ones
     // get clones of that (attached) mount: one superblock for all of them.
     let mut empty_dir: Option<OwnedFd> = None;
+    let mut null: Option<OwnedFd> = None;
     for path in paths {
         let Some(target) = open_existing(root, path, "resolve masked path")? else {
             continue;
@@ -60,10 +61,17 @@ pub(crate) fn mask(root: BorrowedFd<'_>, paths: &[String]) -> Result<(), RootfsE
                 empty_dir = Some(m);
             }
         } else {
-            let null = open_in_root(root, Path::new("/dev/null"), OFlag::empty())
-                .map_err(e("open /dev/null"))?;
+            if null.is_none() {
+                null = Some(
+                    open_in_root(root, Path::new("/dev/null"), OFlag::empty())
+                        .map_err(e("open /dev/null"))?,
+                );
+            }
+            let Some(null_fd) = null.as_ref() else {
+                continue;
+            };
             let m = sys::open_tree(
-                null.as_fd(),
+                null_fd.as_fd(),
                 c"",
                 libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32,
             )
@@ -77,7 +85,6 @@ pub(crate) fn mask(root: BorrowedFd<'_>, paths: &[String]) -> Result<(), RootfsE
 /// A detached, read-only, empty tmpfs mount.
 fn empty_tmpfs() -> Result<OwnedFd, Errno> {
     let fs = sys::fsopen(c"tmpfs")?;
-    sys::fsconfig(fs.as_fd(), Some(c"size"), Some(c"0"))?;
     sys::fsconfig(fs.as_fd(), Some(c"mode"), Some(c"0555"))?;
     sys::fsconfig(fs.as_fd(), Some(c"ro"), None)?;
     sys::fsconfig(fs.as_fd(), None, None)?;

@@ -104,6 +104,9 @@ fn open_created(dir: BorrowedFd<'_>, name: &OsStr, want: Want) -> Result<OwnedFd
 /// Open `path` (container-absolute) inside `root` as an `O_PATH` fd, creating
 /// it and any missing parents (directories; the last component as `want`).
 /// Dangling symlinks on the way are followed in-root and their targets created.
+///
+/// Cost when the path exists: one openat2. When only the last component is
+/// missing (the usual case): openat2 ×3 and one mkdirat/mknodat.
 pub(crate) fn ensure_in_root(
     root: BorrowedFd<'_>,
     path: &Path,
@@ -116,69 +119,65 @@ pub(crate) fn ensure_in_root(
             Err(Errno::ENOENT) => {}
             r => return r,
         }
-        // Find the first missing component.
+        // Deepest existing ancestor, searching upwards from the parent.
+        let mut first_missing = comps.len().saturating_sub(1);
         let mut parent: Option<OwnedFd> = None;
-        for i in 0..comps.len() {
-            match open_in_root(root, &join(&comps[..=i]), OFlag::empty()) {
+        while first_missing > 0 {
+            match open_in_root(root, &join(&comps[..first_missing]), OFlag::empty()) {
                 Ok(fd) => {
                     parent = Some(fd);
-                    continue;
+                    break;
                 }
-                Err(Errno::ENOENT) => {}
+                Err(Errno::ENOENT) => first_missing -= 1,
                 Err(e) => return Err(e),
             }
+        }
+        // Create comps[first_missing..] one by one.
+        let last = comps.len().saturating_sub(1);
+        for j in first_missing..comps.len() {
             let dir = parent.as_ref().map(|f| f.as_fd()).unwrap_or(root);
-            // A dangling symlink: substitute its target and start over.
-            match readlinkat(dir, Path::new(&comps[i])) {
-                Ok(target) => {
-                    links += 1;
-                    if links > MAX_LINKS {
-                        return Err(Errno::ELOOP);
+            let name = Path::new(&comps[j]);
+            let kind = if j == last { want } else { Want::Dir };
+            let made = match kind {
+                Want::Dir => mkdirat(dir, name, Mode::from_bits_truncate(0o755)),
+                Want::File => mknodat(
+                    dir,
+                    name,
+                    SFlag::S_IFREG,
+                    Mode::from_bits_truncate(0o644),
+                    0,
+                ),
+            };
+            match made {
+                Ok(()) => {}
+                // It exists but did not resolve: a dangling symlink. Follow
+                // it in-root: substitute its target and start over.
+                Err(Errno::EEXIST) => match readlinkat(dir, name) {
+                    Ok(target) => {
+                        links += 1;
+                        if links > MAX_LINKS {
+                            return Err(Errno::ELOOP);
+                        }
+                        let target = Path::new(&target);
+                        let mut next = PathBuf::from("/");
+                        if !target.is_absolute() {
+                            next.push(join(&comps[..j]));
+                        }
+                        next.push(target);
+                        for c in &comps[j + 1..] {
+                            next.push(c);
+                        }
+                        comps = components_in_root(&next);
+                        continue 'restart;
                     }
-                    let target = Path::new(&target);
-                    let mut next = PathBuf::from("/");
-                    if !target.is_absolute() {
-                        next.push(join(&comps[..i]));
-                    }
-                    next.push(target);
-                    for c in &comps[i + 1..] {
-                        next.push(c);
-                    }
-                    comps = components_in_root(&next);
-                    continue 'restart;
-                }
-                Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+                    // Not a symlink: created concurrently; use it.
+                    Err(Errno::EINVAL) => {}
+                    Err(e) => return Err(e),
+                },
                 Err(e) => return Err(e),
             }
-            // Create comps[i..] one by one.
-            let mut cur = parent;
-            let last = comps.len() - 1;
-            for (j, name) in comps.iter().enumerate().skip(i) {
-                let dir = cur.as_ref().map(|f| f.as_fd()).unwrap_or(root);
-                let kind = if j == last { want } else { Want::Dir };
-                let name_path = Path::new(name);
-                let made = match kind {
-                    Want::Dir => mkdirat(dir, name_path, Mode::from_bits_truncate(0o755)),
-                    Want::File => mknodat(
-                        dir,
-                        name_path,
-                        SFlag::S_IFREG,
-                        Mode::from_bits_truncate(0o644),
-                        0,
-                    ),
-                };
-                match made {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(e),
-                }
-                cur = Some(open_created(dir, name, kind)?);
-            }
-            return cur.ok_or(Errno::ENOENT);
+            parent = Some(open_created(dir, &comps[j], kind)?);
         }
-        // Every prefix exists now (created concurrently): resolve again.
-        links += 1;
-        if links > MAX_LINKS {
-            return Err(Errno::ELOOP);
-        }
+        return parent.ok_or(Errno::ENOENT);
     }
 }

@@ -42,6 +42,28 @@ pub(crate) fn move_mount_fd(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<
     Errno::result(ret).map(drop)
 }
 
+/// `move_mount(2)` from an fd (empty path) to `name` below directory `dir`
+/// (a symlink in the last component is not followed).
+pub(crate) fn move_mount_at(
+    from: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+) -> Result<(), Errno> {
+    // SAFETY: `name` is a valid C string that outlives the call; the source
+    // path is a static empty string; fds are borrowed and valid.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
 /// Attribute changes for [`mount_setattr`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct MountAttr {
@@ -147,7 +169,8 @@ pub(crate) fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
-/// Convert a Rust string to a C string, mapping interior NULs to `EINVAL`.
-pub(crate) fn cstring(s: &str) -> Result<CString, Errno> {
-    CString::new(s).map_err(|_| Errno::EINVAL)
+/// Convert a path to a C string, mapping interior NULs to `EINVAL`.
+pub(crate) fn path_cstring(p: &std::path::Path) -> Result<CString, Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
 }

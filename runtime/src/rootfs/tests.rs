@@ -351,6 +351,12 @@ fn fixture_spec_builds_a_working_root() {
                 ensure!(mode == 0o666, "{p} mode {mode:o}");
             }
             std::fs::write("/dev/null", b"x").map_err(|e| format!("write /dev/null: {e}"))?;
+            // Created with mknod on the /dev tmpfs, not bound from the host.
+            let dev_fs = std::fs::metadata("/dev").map_err(|e| e.to_string())?.dev();
+            let null_fs = std::fs::metadata("/dev/null")
+                .map_err(|e| e.to_string())?
+                .dev();
+            ensure!(dev_fs == null_fs, "/dev/null not a node on /dev");
             check_link("/dev/ptmx", "pts/ptmx")?;
             check_link("/dev/fd", "/proc/self/fd")?;
             check_link("/dev/stdin", "/proc/self/fd/0")?;
@@ -407,6 +413,7 @@ fn symlinked_destinations_stay_inside_the_rootfs() {
     let outside = PathBuf::from(format!("/tmp/vessel-outside-{pid}"));
     let outside2 = PathBuf::from(format!("/tmp/vessel-outside2-{pid}"));
     let outside3 = PathBuf::from(format!("/tmp/vessel-outside3-{pid}"));
+    let outside_file = PathBuf::from(format!("/tmp/vessel-outside-file-{pid}"));
     // Guard: remove the host paths whatever happens.
     struct Cleanup(Vec<PathBuf>);
     impl Drop for Cleanup {
@@ -416,7 +423,12 @@ fn symlinked_destinations_stay_inside_the_rootfs() {
             }
         }
     }
-    let _g = Cleanup(vec![outside.clone(), outside2.clone(), outside3.clone()]);
+    let _g = Cleanup(vec![
+        outside.clone(),
+        outside2.clone(),
+        outside3.clone(),
+        outside_file.clone(),
+    ]);
     std::fs::create_dir(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, b.rootfs.join("evil")).unwrap();
     std::os::unix::fs::symlink(
@@ -425,6 +437,7 @@ fn symlinked_destinations_stay_inside_the_rootfs() {
     )
     .unwrap();
     std::os::unix::fs::symlink(&outside3, b.rootfs.join("tmp/evil3")).unwrap();
+    std::os::unix::fs::symlink(&outside_file, b.rootfs.join("etc/evilfile")).unwrap();
     let src = b.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("MARK"), b"inside").unwrap();
@@ -432,10 +445,16 @@ fn symlinked_destinations_stay_inside_the_rootfs() {
         { "destination": "/proc", "type": "proc", "source": "proc" },
         { "destination": "/evil", "type": "bind", "source": src, "options": ["rbind"] },
         { "destination": "/evil2/sub", "type": "tmpfs", "source": "tmpfs" },
-        { "destination": "/tmp/evil3/x/y", "type": "bind", "source": src, "options": ["bind", "ro"] }
+        { "destination": "/tmp/evil3/x/y", "type": "bind", "source": src, "options": ["bind", "ro"] },
+        { "destination": "/etc/evilfile", "type": "bind", "source": src.join("MARK"), "options": ["bind"] }
     ])));
     validate(&spec, b.path()).unwrap();
-    let (o1, o2, o3) = (outside.clone(), outside2.clone(), outside3.clone());
+    let (o1, o2, o3, of) = (
+        outside.clone(),
+        outside2.clone(),
+        outside3.clone(),
+        outside_file.clone(),
+    );
     run(
         &b,
         &spec,
@@ -459,16 +478,23 @@ fn symlinked_destinations_stay_inside_the_rootfs() {
                 Path::new(&m3).join("MARK").exists(),
                 "nested bind not at in-root {m3:?}"
             );
+            // A dangling file symlink: the mount point file is created in-root.
+            ensure!(
+                read(&of.to_string_lossy())? == b"inside",
+                "file bind not at in-root {of:?}"
+            );
             Ok(())
         },
     );
     // Nothing was created or mounted on the host side.
+    assert!(host_mounts_mentioning(Path::new("/tmp/vessel-outside")).is_empty());
     assert!(
         std::fs::read_dir(&outside).unwrap().next().is_none(),
         "host {outside:?} was written to"
     );
     assert!(!outside2.exists(), "host {outside2:?} was created");
     assert!(!outside3.exists(), "host {outside3:?} was created");
+    assert!(!outside_file.exists(), "host {outside_file:?} was created");
     assert!(
         b.rootfs.join(outside.strip_prefix("/").unwrap()).is_dir(),
         "in-root target not created"
@@ -554,4 +580,593 @@ fn bind_mount_flags_and_recursion() {
     assert!(host_mounts_mentioning(b.path()).is_empty());
     res.unwrap();
     assert!(!src.join("new").exists() || std::fs::remove_file(src.join("new")).is_ok());
+}
+
+#[test]
+fn spec_devices_are_created_with_mode_and_owner() {
+    let Some(b) = Bundle::new() else { return };
+    // An image file where a device should go must be replaced.
+    std::fs::write(b.rootfs.join("dev/zero"), b"not a device").unwrap();
+    let mut v = minimal(json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" }
+    ]));
+    v["linux"]["devices"] = json!([
+        { "path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 432, "uid": 1000, "gid": 1001 },
+        { "path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 384 },
+        { "path": "/dev/loopfake", "type": "b", "major": 7, "minor": 250, "fileMode": 416 },
+        { "path": "/dev/myfifo", "type": "p", "fileMode": 420 }
+    ]);
+    let spec = spec_of(&v);
+    validate(&spec, b.path()).unwrap();
+    run(&b, &spec, Options::default(), CloneFlags::empty(), || {
+        check_char_dev("/dev/net/tun", 10, 200)?;
+        let md = std::fs::metadata("/dev/net/tun").map_err(|e| e.to_string())?;
+        ensure!(md.mode() & 0o7777 == 0o660, "tun mode {:o}", md.mode());
+        ensure!(
+            md.uid() == 1000 && md.gid() == 1001,
+            "tun owner {}:{}",
+            md.uid(),
+            md.gid()
+        );
+        // The spec entry replaces the default /dev/null (mode 0600).
+        check_char_dev("/dev/null", 1, 3)?;
+        let mode = std::fs::metadata("/dev/null")
+            .map_err(|e| e.to_string())?
+            .mode()
+            & 0o7777;
+        ensure!(mode == 0o600, "/dev/null mode {mode:o}");
+        let md = std::fs::metadata("/dev/loopfake").map_err(|e| e.to_string())?;
+        ensure!(
+            md.file_type().is_block_device(),
+            "loopfake not a block device"
+        );
+        ensure!(
+            major(md.rdev()) == 7 && minor(md.rdev()) == 250,
+            "loopfake numbers"
+        );
+        let md = std::fs::metadata("/dev/myfifo").map_err(|e| e.to_string())?;
+        ensure!(
+            md.file_type().is_fifo() && md.mode() & 0o7777 == 0o644,
+            "fifo: {:o}",
+            md.mode()
+        );
+        // The image's regular file was replaced by the device.
+        check_char_dev("/dev/zero", 1, 5)?;
+        Ok(())
+    });
+}
+
+#[test]
+fn no_pivot_moves_the_root_and_chroots() {
+    let Some(b) = Bundle::new() else { return };
+    let spec = Spec::load(fixtures().join("config.json")).unwrap();
+    let host_bundle = b.path().to_path_buf();
+    host_has("/proc/kcore");
+    let opts = Options { no_pivot: true };
+    run(&b, &spec, opts, CloneFlags::CLONE_NEWCGROUP, || {
+        ensure!(Path::new("/bin/busybox").exists(), "/bin/busybox missing");
+        ensure!(!host_bundle.exists(), "host path visible");
+        ensure!(!Path::new("/work").exists(), "host /work visible");
+        check_char_dev("/dev/null", 1, 3)?;
+        ensure!(has_opt(&mount_at("/")?.1, "ro"), "/ not read-only");
+        if host_has("/proc/timer_list") {
+            ensure!(read("/proc/timer_list")?.is_empty(), "masking failed");
+        }
+        let procs = mounts()?
+            .iter()
+            .filter(|m| m.2 == "proc" && m.0 == "/proc")
+            .count();
+        ensure!(procs == 1, "{procs} procfs mounts at /proc");
+        Ok(())
+    });
+}
+
+/// Enter a user namespace mapping root to root (the child is single-threaded).
+fn enter_userns() -> Result<(), String> {
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("unshare user: {e}"))?;
+    std::fs::write("/proc/self/setgroups", "deny").map_err(|e| format!("setgroups: {e}"))?;
+    std::fs::write("/proc/self/uid_map", "0 0 1").map_err(|e| format!("uid_map: {e}"))?;
+    std::fs::write("/proc/self/gid_map", "0 0 1").map_err(|e| format!("gid_map: {e}"))?;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mnt: {e}"))
+}
+
+#[test]
+fn user_namespace_binds_devices_and_sysfs() {
+    let Some(b) = Bundle::new() else { return };
+    // No procfs: a user namespace may only mount it with its own pid namespace.
+    let mut v = minimal(json!([
+        { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"] },
+        { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }
+    ]));
+    // mqueue falls back to binding the host's /dev/mqueue, if it has one.
+    let host_mqueue = Path::new("/dev/mqueue").is_dir();
+    if host_mqueue {
+        v["mounts"].as_array_mut().unwrap().push(
+            json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] }),
+        );
+    } else {
+        println!("note: host has no /dev/mqueue; mqueue fallback not exercised");
+    }
+    v["linux"]["namespaces"] = json!([{ "type": "user" }, { "type": "mount" }]);
+    let spec = spec_of(&v);
+    validate(&spec, b.path()).unwrap();
+    let rootfs = b.rootfs.clone();
+    let res = in_child(CloneFlags::empty(), || {
+        std::env::set_current_dir(b.path()).map_err(|e| format!("chdir: {e}"))?;
+        enter_userns()?;
+        prepare(&spec, &rootfs, &Options::default()).map_err(|e| format!("prepare: {e}"))?;
+        // mknod is refused in a user namespace: the host's nodes are bound
+        // (so they live on the host's devtmpfs, not on our /dev tmpfs).
+        check_char_dev("/dev/null", 1, 3)?;
+        let dev_fs = std::fs::metadata("/dev").map_err(|e| e.to_string())?.dev();
+        let null_fs = std::fs::metadata("/dev/null")
+            .map_err(|e| e.to_string())?
+            .dev();
+        ensure!(
+            dev_fs != null_fs,
+            "/dev/null was not bind-mounted from the host"
+        );
+        check_char_dev("/dev/urandom", 1, 9)?;
+        std::fs::write("/dev/null", b"x").map_err(|e| format!("write /dev/null: {e}"))?;
+        check_link("/dev/ptmx", "pts/ptmx")?;
+        // sysfs could not be mounted fresh without a network namespace:
+        // the host's is bound read-only instead.
+        ensure!(Path::new("/sys/kernel").is_dir(), "/sys not populated");
+        ensure!(
+            errno_of(&std::fs::create_dir("/sys/x")) == Some(libc::EROFS),
+            "/sys writable"
+        );
+        ensure!(Path::new("/bin/busybox").exists(), "not in the new root");
+        if host_mqueue {
+            let mq = std::fs::metadata("/dev/mqueue").map_err(|e| format!("/dev/mqueue: {e}"))?;
+            ensure!(mq.dev() != dev_fs, "/dev/mqueue not mounted");
+        }
+        Ok(())
+    });
+    assert!(host_mounts_mentioning(b.path()).is_empty());
+    res.unwrap();
+}
+
+#[test]
+fn rshared_root_propagation_still_pivots() {
+    let Some(b) = Bundle::new() else { return };
+    let mut v = minimal(json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" },
+        { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs" }
+    ]));
+    v["linux"]["rootfsPropagation"] = json!("rshared");
+    let spec = spec_of(&v);
+    validate(&spec, b.path()).unwrap();
+    run(&b, &spec, Options::default(), CloneFlags::empty(), || {
+        ensure!(Path::new("/bin/busybox").exists(), "not in the new root");
+        let root = mount_at("/")?;
+        ensure!(root.1.contains("shared:"), "/ not shared: {root:?}");
+        ensure!(
+            mount_at("/tmp")?.1.contains("shared:"),
+            "/tmp not shared (rshared)"
+        );
+        Ok(())
+    });
+    let mut v = minimal(json!([{ "destination": "/proc", "type": "proc", "source": "proc" }]));
+    v["linux"]["rootfsPropagation"] = json!("slave");
+    let spec = spec_of(&v);
+    run(&b, &spec, Options::default(), CloneFlags::empty(), || {
+        ensure!(
+            !mount_at("/")?.1.contains("shared:"),
+            "/ shared with rootfsPropagation=slave"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn sysctls_are_written_before_proc_sys_turns_read_only() {
+    let Some(b) = Bundle::new() else { return };
+    let mut v = fixture_json();
+    v["linux"]["sysctl"] = json!({ "net.ipv4.ip_forward": "1", "kernel.shmmni": "4000" });
+    let spec = spec_of(&v);
+    validate(&spec, b.path()).unwrap();
+    let spec2 = spec.clone();
+    run(
+        &b,
+        &spec,
+        Options::default(),
+        CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWCGROUP,
+        move || {
+            ensure!(
+                read("/proc/sys/net/ipv4/ip_forward")? == b"1\n",
+                "ip_forward not set"
+            );
+            ensure!(
+                read("/proc/sys/kernel/shmmni")? == b"4000\n",
+                "shmmni not set"
+            );
+            // /proc/sys is read-only now; re-applying the same values is fine...
+            apply_sysctl(&spec2).map_err(|e| format!("re-apply: {e}"))?;
+            // ...a different value is refused with EROFS.
+            let mut v = serde_json::to_value(&spec2).map_err(|e| e.to_string())?;
+            v["linux"]["sysctl"] = json!({ "net.ipv4.ip_forward": "0" });
+            let other: Spec = serde_json::from_value(v).map_err(|e| e.to_string())?;
+            match apply_sysctl(&other) {
+                Err(RootfsError::Sysctl {
+                    errno: nix::errno::Errno::EROFS,
+                    ..
+                }) => {}
+                r => return Err(format!("expected EROFS, got {r:?}")),
+            }
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn kernel_mount_errors_name_the_mount() {
+    let Some(b) = Bundle::new() else { return };
+    let spec = spec_of(&minimal(json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" },
+        { "destination": "/bad", "type": "tmpfs", "source": "tmpfs", "options": ["size=lots"] }
+    ])));
+    validate(&spec, b.path()).unwrap();
+    let rootfs = b.rootfs.clone();
+    let res = in_child(CloneFlags::empty(), || {
+        std::env::set_current_dir(b.path()).map_err(|e| format!("chdir: {e}"))?;
+        match prepare(&spec, &rootfs, &Options::default()) {
+            Err(e @ RootfsError::Mount { .. }) => {
+                let msg = e.to_string();
+                ensure!(
+                    msg.contains("/bad") && msg.contains("tmpfs") && msg.contains("EINVAL"),
+                    "message: {msg}"
+                );
+                Ok(())
+            }
+            r => Err(format!("expected a mount error, got {r:?}")),
+        }
+    });
+    assert!(host_mounts_mentioning(b.path()).is_empty());
+    res.unwrap();
+}
+
+#[track_caller]
+fn msg(r: Result<(), RootfsError>) -> String {
+    r.unwrap_err().to_string()
+}
+
+/// validate() of the fixture spec with one JSON change.
+fn validate_with(b: &Bundle, change: impl FnOnce(&mut Value)) -> Result<(), RootfsError> {
+    let mut v = fixture_json();
+    change(&mut v);
+    validate(&spec_of(&v), b.path())
+}
+
+#[test]
+fn validate_rejects_each_bad_input() {
+    let Some(b) = Bundle::new() else { return };
+    validate_with(&b, |_| {}).unwrap();
+
+    // Root.
+    let e = msg(validate_with(&b, |v| v["root"]["path"] = json!("nope")));
+    assert!(e.contains("nope"), "{e}");
+    std::fs::write(b.path().join("file"), b"").unwrap();
+    let e = msg(validate_with(&b, |v| v["root"]["path"] = json!("file")));
+    assert!(e.contains("not a directory"), "{e}");
+    let e = msg(validate_with(&b, |v| {
+        v.as_object_mut().unwrap().remove("root");
+    }));
+    assert!(e.contains("root"), "{e}");
+    // Mount destinations.
+    let e = msg(validate_with(&b, |v| {
+        v["mounts"][0]["destination"] = json!("proc")
+    }));
+    assert!(e.contains("mounts[0]") && e.contains("absolute"), "{e}");
+    let e = msg(validate_with(&b, |v| {
+        v["mounts"][1]["destination"] = json!("/dev/../../etc")
+    }));
+    assert!(e.contains("mounts[1]") && e.contains(".."), "{e}");
+    validate_with(&b, |v| v["mounts"][1]["destination"] = json!("/dev/../dev")).unwrap();
+    // Mount options and types.
+    let e = msg(validate_with(&b, |v| {
+        v["mounts"][1]["options"][0] = json!("nosiud")
+    }));
+    assert!(e.contains("mounts[1]") && e.contains("\"nosiud\""), "{e}");
+    let e = msg(validate_with(&b, |v| {
+        v["mounts"][0]["type"] = json!("procfs-typo")
+    }));
+    assert!(e.contains("procfs-typo"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        |v| {
+            v["mounts"][0] =
+                json!({ "destination": "/x", "source": "/tmp", "options": ["rbind", "size=1"] })
+        },
+    ));
+    assert!(e.contains("size=1"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        |v| {
+            v["mounts"][0] =
+                json!({ "destination": "/x", "source": "/nonexistent-src", "options": ["rbind"] })
+        },
+    ));
+    assert!(e.contains("nonexistent-src"), "{e}");
+    let e = msg(validate_with(&b, |v| {
+        v["mounts"][0] = json!({ "destination": "/x", "source": "x" })
+    }));
+    assert!(e.contains("no type"), "{e}");
+    // Mounts over /proc internals.
+    let e = msg(validate_with(
+        &b,
+        |v| {
+            v["mounts"][0] =
+                json!({ "destination": "/proc/self/attr", "type": "tmpfs", "source": "tmpfs" })
+        },
+    ));
+    assert!(e.contains("/proc/self/attr"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        |v| v["mounts"][0] = json!({ "destination": "/proc", "type": "tmpfs", "source": "tmpfs" }),
+    ));
+    assert!(e.contains("/proc"), "{e}");
+    validate_with(
+        &b,
+        |v| {
+            v["mounts"][6] =
+                json!({ "destination": "/proc/meminfo", "type": "bind", "source": "/proc/meminfo" })
+        },
+    )
+    .unwrap();
+    // Filesystem data is passed through for filesystems we do not know.
+    validate_with(&b, |v| {
+        v["mounts"][0] = json!({ "destination": "/x", "type": "ext4", "source": "/dev/vdb", "options": ["ro", "discard"] })
+    })
+    .unwrap();
+    // Devices.
+    let dev = |d: Value| move |v: &mut Value| v["linux"]["devices"] = json!([d]);
+    let e = msg(validate_with(
+        &b,
+        dev(json!({ "path": "/dev/x", "type": "c" })),
+    ));
+    assert!(e.contains("/dev/x") && e.contains("major"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        dev(json!({ "path": "/dev/x", "type": "a", "major": 1, "minor": 1 })),
+    ));
+    assert!(e.contains("type"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        dev(json!({ "path": "dev/x", "type": "c", "major": 1, "minor": 1 })),
+    ));
+    assert!(e.contains("absolute"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        dev(json!({ "path": "/dev/x", "type": "b", "major": 5000, "minor": 1 })),
+    ));
+    assert!(e.contains("major 5000"), "{e}");
+    let e = msg(validate_with(
+        &b,
+        dev(json!({ "path": "/dev/x", "type": "c", "major": 1, "minor": 1, "fileMode": 8630 })),
+    ));
+    assert!(e.contains("fileMode"), "{e}");
+    validate_with(&b, dev(json!({ "path": "/dev/fifo", "type": "p" }))).unwrap();
+    // An unknown device type does not even parse as a Spec.
+    let mut v = fixture_json();
+    v["linux"]["devices"] = json!([{ "path": "/dev/x", "type": "q", "major": 1, "minor": 1 }]);
+    assert!(serde_json::from_value::<Spec>(v).is_err());
+    // Propagation.
+    let e = msg(validate_with(&b, |v| {
+        v["linux"]["rootfsPropagation"] = json!("rshard")
+    }));
+    assert!(e.contains("rshard"), "{e}");
+    validate_with(&b, |v| v["linux"]["rootfsPropagation"] = json!("rslave")).unwrap();
+    // Masked / read-only paths.
+    let e = msg(validate_with(&b, |v| {
+        v["linux"]["maskedPaths"][0] = json!("proc/kcore")
+    }));
+    assert!(e.contains("maskedPaths") && e.contains("proc/kcore"), "{e}");
+    let e = msg(validate_with(&b, |v| {
+        v["linux"]["readonlyPaths"][0] = json!("/../proc")
+    }));
+    assert!(e.contains("readonlyPaths"), "{e}");
+    // Sysctls.
+    let e = msg(validate_with(&b, |v| {
+        v["linux"]["sysctl"] = json!({ "kernel.core_pattern": "x" })
+    }));
+    assert!(
+        e.contains("kernel.core_pattern") && e.contains("namespaced"),
+        "{e}"
+    );
+    let e = msg(validate_with(&b, |v| {
+        v["linux"]["sysctl"] = json!({ "net/../../kernel/x": "1" })
+    }));
+    assert!(e.contains(".."), "{e}");
+    let e = msg(validate_with(&b, |v| {
+        v["linux"]["namespaces"] = json!([{ "type": "mount" }, { "type": "network" }]);
+        v["linux"]["sysctl"] = json!({ "kernel.hostname": "x" })
+    }));
+    assert!(e.contains("Uts"), "{e}");
+    validate_with(&b, |v| {
+        v["linux"]["sysctl"] = json!({ "net.ipv4.ip_forward": "1" })
+    })
+    .unwrap();
+}
+
+/// Not a check: prints how long prepare() takes for the fixture spec
+/// (`cargo test -p vessel-runtime prepare_cost -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn prepare_cost() {
+    let Some(b) = Bundle::new() else { return };
+    let spec = Spec::load(fixtures().join("config.json")).unwrap();
+    let mut samples: Vec<u128> = (0..30)
+        .map(|_| {
+            // The child reports the duration as its "error" message.
+            let r = in_child(CloneFlags::CLONE_NEWCGROUP, || {
+                std::env::set_current_dir(b.path()).map_err(|e| e.to_string())?;
+                let t = std::time::Instant::now();
+                prepare(&spec, &b.rootfs, &Options::default()).map_err(|e| e.to_string())?;
+                Err(format!("{}", t.elapsed().as_micros()))
+            });
+            let msg = r.unwrap_err();
+            msg.rsplit(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    samples.sort();
+    println!(
+        "prepare(fixture spec) in the child: min {} µs, median {} µs, max {} µs",
+        samples[0],
+        samples[samples.len() / 2],
+        samples[samples.len() - 1]
+    );
+}
+
+#[test]
+fn cgroup_without_namespace_binds_own_cgroups() {
+    let Some(b) = Bundle::new() else { return };
+    let mut v = fixture_json();
+    v["linux"]["namespaces"] = json!([{ "type": "mount" }]);
+    // An explicit cgroup2 mount is an ordinary filesystem mount.
+    v["mounts"].as_array_mut().unwrap().push(
+        json!({ "destination": "/run/cg2", "type": "cgroup2", "source": "cgroup2", "options": ["nosuid", "nodev", "noexec", "ro"] }),
+    );
+    v["linux"]["maskedPaths"] = json!([]);
+    v["linux"]["readonlyPaths"] = json!([]);
+    let spec = spec_of(&v);
+    validate(&spec, b.path()).unwrap();
+    // Our memory cgroup as the host sees it.
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let mem_path = own.lines().find_map(|l| {
+        l.strip_suffix("")
+            .and_then(|l| l.split_once(":memory:"))
+            .map(|(_, p)| p.to_string())
+    });
+    let Some(mem_path) = mem_path else {
+        println!("SKIPPED: no v1 memory hierarchy");
+        return;
+    };
+    run(
+        &b,
+        &spec,
+        Options::default(),
+        CloneFlags::empty(),
+        move || {
+            let info =
+                std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+            let line = info
+                .lines()
+                .rev()
+                .find(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup/memory"))
+                .ok_or("no /sys/fs/cgroup/memory mount")?;
+            ensure!(
+                line.split(' ').nth(3) == Some(mem_path.as_str()),
+                "memory mount root: {line} (want {mem_path})"
+            );
+            ensure!(
+                has_opt(&mount_at("/sys/fs/cgroup/memory")?.1, "ro"),
+                "memory hierarchy not ro"
+            );
+            ensure!(
+                String::from_utf8_lossy(&read("/sys/fs/cgroup/memory/cgroup.procs")?)
+                    .lines()
+                    .any(|l| l == std::process::id().to_string()),
+                "our pid not in the bound memory cgroup"
+            );
+            match std::fs::create_dir("/sys/fs/cgroup/memory/vessel-test") {
+                Err(e) if e.raw_os_error() == Some(libc::EROFS) => Ok(()),
+                Ok(()) => {
+                    let _ = std::fs::remove_dir("/sys/fs/cgroup/memory/vessel-test");
+                    Err("cgroup hierarchy writable".into())
+                }
+                Err(e) => Err(format!("mkdir in cgroup: {e}")),
+            }
+        },
+    );
+}
+
+#[test]
+fn refuses_the_host_mount_namespace() {
+    // The test process shares pid 1's mount namespace (unless the whole
+    // suite runs in a container): prepare's guard must see that...
+    let host_ns =
+        std::fs::read_link("/proc/self/ns/mnt").ok() == std::fs::read_link("/proc/1/ns/mnt").ok();
+    if !host_ns {
+        println!("SKIPPED: test process is not in pid 1's mount namespace");
+        return;
+    }
+    assert!(shares_init_mount_ns());
+    // ...and a child with its own mount namespace passes it.
+    in_child(CloneFlags::empty(), || {
+        ensure!(
+            !shares_init_mount_ns(),
+            "new mount namespace not recognised"
+        );
+        Ok(())
+    })
+    .unwrap();
+    // prepare() is not called with a valid rootfs here: if the guard were
+    // broken it would rearrange the host's mounts. A relative rootfs is
+    // refused before anything is touched.
+    assert!(matches!(
+        prepare(&Spec::default(), Path::new("relative"), &Options::default()),
+        Err(RootfsError::RootPath { .. })
+    ));
+}
+
+#[test]
+fn tmpcopyup_fills_the_tmpfs_with_what_it_covers() {
+    let Some(b) = Bundle::new() else { return };
+    let etc = b.rootfs.join("etc");
+    std::fs::create_dir(etc.join("sub")).unwrap();
+    std::fs::set_permissions(etc.join("sub"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::write(etc.join("sub/secret"), b"s3").unwrap();
+    std::fs::set_permissions(
+        etc.join("sub/secret"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(etc.join("sub/secret"), Some(1000), Some(1001)).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", etc.join("link")).unwrap();
+    let spec = spec_of(&minimal(json!([
+        { "destination": "/proc", "type": "proc", "source": "proc" },
+        { "destination": "/etc", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup", "nosuid"] },
+        { "destination": "/usr", "type": "tmpfs", "source": "tmpfs", "options": ["tmpcopyup", "ro"] }
+    ])));
+    validate(&spec, b.path()).unwrap();
+    run(&b, &spec, Options::default(), CloneFlags::empty(), || {
+        ensure!(mount_at("/etc")?.2 == "tmpfs", "/etc not a tmpfs");
+        ensure!(
+            read("/etc/passwd")?.starts_with(b"root:"),
+            "/etc/passwd not copied"
+        );
+        let md = std::fs::metadata("/etc/sub").map_err(|e| e.to_string())?;
+        ensure!(
+            md.is_dir() && md.mode() & 0o7777 == 0o750,
+            "/etc/sub mode {:o}",
+            md.mode()
+        );
+        let md = std::fs::metadata("/etc/sub/secret").map_err(|e| e.to_string())?;
+        ensure!(
+            md.mode() & 0o7777 == 0o640 && md.uid() == 1000 && md.gid() == 1001,
+            "secret: {:o} {}:{}",
+            md.mode(),
+            md.uid(),
+            md.gid()
+        );
+        ensure!(read("/etc/sub/secret")? == b"s3", "secret content");
+        check_link("/etc/link", "/nonexistent/target")?;
+        let root_mode = std::fs::metadata("/etc").map_err(|e| e.to_string())?.mode() & 0o7777;
+        ensure!(root_mode == 0o755, "/etc mode {root_mode:o}");
+        // Writes go to the tmpfs only.
+        std::fs::write("/etc/new", b"x").map_err(|e| format!("write /etc/new: {e}"))?;
+        // The read-only one was filled before turning read-only.
+        ensure!(has_opt(&mount_at("/usr")?.1, "ro"), "/usr not read-only");
+        ensure!(Path::new("/usr/bin").is_dir(), "/usr/bin not copied");
+        ensure!(
+            errno_of(&std::fs::write("/usr/x", b"x")) == Some(libc::EROFS),
+            "/usr writable"
+        );
+        Ok(())
+    });
+    assert!(
+        !etc.join("new").exists(),
+        "tmpcopyup wrote through to the image"
+    );
 }

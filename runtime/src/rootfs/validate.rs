@@ -113,6 +113,42 @@ fn validate_mounts(spec: &Spec, bundle: &Path) -> Result<(), RootfsError> {
             }
             Kind::Cgroup => {}
         }
+        if let Some(dest) = options::clean_abs(m.destination()) {
+            check_proc_destination(&dest, &parsed.kind).map_err(bad)?;
+        }
+    }
+    Ok(())
+}
+
+/// Files below /proc a mount may cover (runc's list: what lxcfs-style
+/// tools replace). Anything else below /proc could be used to defeat LSM
+/// or masking (CVE-2019-16884), so it is refused.
+const PROC_MOUNT_WHITELIST: &[&str] = &[
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+    "/proc/sys/crypto/fips_enabled",
+];
+
+fn check_proc_destination(dest: &Path, kind: &Kind) -> Result<(), String> {
+    if dest == Path::new("/proc") {
+        return match kind {
+            Kind::Fs(t) if t == "proc" => Ok(()),
+            _ => Err("only a proc filesystem may be mounted at /proc".into()),
+        };
+    }
+    if dest.starts_with("/proc") && !PROC_MOUNT_WHITELIST.iter().any(|w| dest == Path::new(w)) {
+        return Err(format!(
+            "mounting over {dest:?} is not allowed (only {} below /proc)",
+            PROC_MOUNT_WHITELIST.join(", ")
+        ));
     }
     Ok(())
 }

@@ -24,9 +24,14 @@
 //!   first whose conditions all match (conditions of one rule are ANDed) decides; if none
 //!   matches, an unconditional rule (no `args`) for that syscall decides, else the default
 //!   action. Two unconditional rules with different actions for one syscall are refused
-//!   (libseccomp refuses them too). Rules whose outcome equals the fallback are dropped.
+//!   (libseccomp refuses them too). Rules whose action is the default action are skipped,
+//!   as runc does (libseccomp refuses them), even where first-match order would give them
+//!   a meaning.
+//! * **Conditions of one rule are ANDed**, except when the rule compares the same argument
+//!   more than once: then, as runc does, each comparison is a rule of its own (ORed).
 //! * **Argument comparisons** are on the full 64-bit register, like libseccomp on 64-bit
-//!   arches. For `SCMP_CMP_MASKED_EQ`, `value` is the mask and `valueTwo` the expected value.
+//!   arches. For `SCMP_CMP_MASKED_EQ`, `value` is the mask and `valueTwo` the expected value
+//!   (`arg & value == valueTwo`; a `valueTwo` with bits outside the mask never matches).
 //! * **Actions.** `SCMP_ACT_ERRNO` returns `errnoRet` (default `EPERM`), `SCMP_ACT_TRACE`
 //!   passes `errnoRet` (default 0) to the tracer (without a tracer the syscall fails with
 //!   `ENOSYS`), `SCMP_ACT_KILL` is `SCMP_ACT_KILL_THREAD`. `errnoRet`/`defaultErrnoRet` on
@@ -43,7 +48,6 @@ mod syscall_table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use oci_spec::runtime::{
@@ -147,10 +151,7 @@ pub fn parse_profile(json: &str) -> Result<LinuxSeccomp, SeccompError> {
 
 /// The x86_64 number of a syscall name, if this table knows it.
 pub fn syscall_number(name: &str) -> Option<u32> {
-    syscall_table::X86_64
-        .binary_search_by(|(n, _)| (*n).cmp(name))
-        .ok()
-        .map(|i| syscall_table::X86_64[i].1)
+    syscall_table::lookup(name)
 }
 
 /// Compiles an OCI seccomp profile to a BPF filter for x86_64 (see the module docs for
@@ -195,7 +196,8 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
         rules: Vec<CondRule>,
         uncond: Option<u32>,
     }
-    let mut per_nr: BTreeMap<u32, Pending> = BTreeMap::new();
+    // Indexed by syscall number (all x86_64 numbers are below 512).
+    let mut per_nr: Vec<Option<Pending>> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
     let mut notify = false;
 
@@ -230,6 +232,25 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
                     .map_err(|source| SeccompError::Rule { nr: 0, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // libseccomp compares `arg & mask` with `valueTwo` as given, so a `valueTwo` with
+        // bits outside the mask never matches; seccompiler would mask it first. Such a
+        // rule can never apply: leave it out to keep libseccomp's meaning.
+        let never_matches = sc.args().iter().flatten().any(|a| {
+            a.op() == LinuxSeccompOperator::ScmpCmpMaskedEq
+                && a.value_two().unwrap_or(0) & !a.value() != 0
+        });
+        // runc skips rules whose action is the default action (libseccomp refuses them).
+        if never_matches || ret == default_ret {
+            continue;
+        }
+        // runc: when one rule compares the same argument more than once (which libseccomp
+        // refuses within a rule), each comparison becomes a rule of its own (OR).
+        let mut seen = [false; 6];
+        let split_conditions = sc.args().iter().flatten().any(|a| {
+            let dup = seen[a.index()];
+            seen[a.index()] = true;
+            dup
+        });
 
         for name in sc.names() {
             let Some(nr) = syscall_number(name) else {
@@ -238,7 +259,11 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
                 }
                 continue;
             };
-            let entry = per_nr.entry(nr).or_insert_with(|| Pending {
+            let slot = nr as usize;
+            if per_nr.len() <= slot {
+                per_nr.resize_with(slot + 1, || None);
+            }
+            let entry = per_nr[slot].get_or_insert_with(|| Pending {
                 rules: Vec::new(),
                 uncond: None,
             });
@@ -253,6 +278,13 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
                     }
                     _ => entry.uncond = Some(ret),
                 }
+            } else if split_conditions {
+                for c in &conditions {
+                    entry.rules.push(CondRule {
+                        conditions: vec![c.clone()],
+                        ret,
+                    });
+                }
             } else {
                 entry.rules.push(CondRule {
                     conditions: conditions.clone(),
@@ -263,7 +295,9 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
     }
 
     let mut entries: Vec<SyscallEntry> = Vec::with_capacity(per_nr.len());
-    for (nr, mut p) in per_nr {
+    for (nr, p) in per_nr.into_iter().enumerate() {
+        let Some(mut p) = p else { continue };
+        let nr = nr as u32;
         let fallback = p.uncond.unwrap_or(default_ret);
         // Trailing rules that give the fallback's result anyway are dead weight.
         while p.rules.last().is_some_and(|r| r.ret == fallback) {

@@ -15,18 +15,18 @@
 //! native:
 //!   ld  nr
 //!   jge X32_SYSCALL_BIT   -> ret <x32 action>
-//!   <binary search over the syscall numbers that have rules>
-//!     leaf: jeq nr -> ret <action>            (syscall with one unconditional action)
-//!           jeq nr -> ja chain_i              (syscall with argument rules)
-//!   ret <default action>
+//!   <binary search (jge) over intervals of syscall numbers with one outcome each>
+//!     leaf: ret <action>                      (interval of syscalls with one action)
+//!           ja chain_i                        (syscall with argument rules)
 //! chain_i:
 //!   <rule 1 conditions (seccompiler)> ret <rule 1 action>
 //!   <rule 2 conditions (seccompiler)> ret <rule 2 action>
 //!   ret <unconditional action of the syscall, or the default action>
 //! ```
 //!
-//! The binary search keeps the per-syscall cost logarithmic (about 2·log2(n) + 4
-//! instructions for n filtered syscalls) instead of seccompiler's linear scan.
+//! Neighbouring syscalls with the same action share an interval, and the binary search
+//! keeps the per-syscall cost logarithmic (about 2·log2(intervals) + 6 instructions)
+//! instead of seccompiler's linear scan over every syscall.
 
 use seccompiler::{sock_filter, BpfProgram, SeccompCondition, SeccompRule};
 
@@ -55,9 +55,6 @@ pub(super) const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 /// Maximum number of instructions the kernel accepts (`BPF_MAXINSNS`).
 pub(super) const BPF_MAX_LEN: usize = 4096;
-
-/// Leaves of the search tree hold at most this many syscalls, tested linearly.
-const LEAF_SIZE: usize = 4;
 
 fn stmt(code: u16, k: u32) -> sock_filter {
     sock_filter {
@@ -118,10 +115,11 @@ pub(super) fn assemble(skel: &Skeleton, entries: &[SyscallEntry]) -> Result<BpfP
     prog.push(jump(BPF_JMP_JGE_K, X32_SYSCALL_BIT, 0, 1));
     prog.push(stmt(BPF_RET_K, skel.x32_ret));
 
-    // Search tree. `fixups` holds (instruction index, entry index) for the `ja` to each chain.
+    // Search tree over intervals of syscall numbers with one outcome each.
+    // `fixups` holds (instruction index, entry index) for the `ja` to each chain.
+    let intervals = intervals(skel.default_ret, entries);
     let mut fixups: Vec<(usize, usize)> = Vec::new();
-    let indices: Vec<usize> = (0..entries.len()).collect();
-    emit_tree(&mut prog, &mut fixups, entries, &indices, skel.default_ret);
+    emit_tree(&mut prog, &mut fixups, &intervals);
 
     // Chains for syscalls with argument rules.
     let mut chain_start = vec![usize::MAX; entries.len()];
@@ -195,38 +193,61 @@ fn check_jumps(prog: &[sock_filter]) -> Result<(), AsmError> {
     }
 }
 
-/// Emits a binary search over `entries[idx]` (sorted by nr). Every path ends in a `ret`
-/// or a `ja` to a chain, so subtrees never fall through into each other.
-fn emit_tree(
-    prog: &mut Vec<sock_filter>,
-    fixups: &mut Vec<(usize, usize)>,
-    entries: &[SyscallEntry],
-    idx: &[usize],
-    default_ret: u32,
-) {
-    if idx.len() <= LEAF_SIZE {
-        for &i in idx {
-            let e = &entries[i];
-            prog.push(jump(BPF_JMP_JEQ_K, e.nr, 0, 1));
-            if e.rules.is_empty() {
-                prog.push(stmt(BPF_RET_K, e.fallback));
-            } else {
+/// What happens to the syscalls of one interval.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ret(u32),
+    Chain(usize),
+}
+
+/// Splits the syscall numbers 0..X32_SYSCALL_BIT into maximal intervals with one outcome:
+/// neighbouring syscalls that return the same action (an allow-list is mostly runs of
+/// ALLOW) share one interval. Returns (first nr, outcome) sorted by nr.
+fn intervals(default_ret: u32, entries: &[SyscallEntry]) -> Vec<(u32, Outcome)> {
+    let mut out: Vec<(u32, Outcome)> = Vec::with_capacity(entries.len() * 2 + 1);
+    let mut push = |start: u32, o: Outcome| match out.last() {
+        Some((_, last)) if *last == o => {}
+        _ => out.push((start, o)),
+    };
+    let mut next = 0u32;
+    for (i, e) in entries.iter().enumerate() {
+        if e.nr > next {
+            push(next, Outcome::Ret(default_ret));
+        }
+        let o = if e.rules.is_empty() {
+            Outcome::Ret(e.fallback)
+        } else {
+            Outcome::Chain(i)
+        };
+        push(e.nr, o);
+        next = e.nr + 1;
+    }
+    push(next, Outcome::Ret(default_ret));
+    out
+}
+
+/// Emits a binary search over `iv` (the accumulator holds the syscall number, which is
+/// known to be >= iv[0].0). Every path ends in a `ret` or a `ja` to a chain, so subtrees
+/// never fall through into each other.
+fn emit_tree(prog: &mut Vec<sock_filter>, fixups: &mut Vec<(usize, usize)>, iv: &[(u32, Outcome)]) {
+    if let [(_, outcome)] = iv {
+        match *outcome {
+            Outcome::Ret(ret) => prog.push(stmt(BPF_RET_K, ret)),
+            Outcome::Chain(i) => {
                 fixups.push((prog.len(), i));
                 prog.push(stmt(BPF_JMP_JA, 0));
             }
         }
-        prog.push(stmt(BPF_RET_K, default_ret));
         return;
     }
-    let mid = idx.len() / 2;
-    let (left, right) = idx.split_at(mid);
+    let mid = iv.len() / 2;
+    let (left, right) = iv.split_at(mid);
     // nr >= first of right half: take the `ja` to the right subtree, else skip it.
-    prog.push(jump(BPF_JMP_JGE_K, entries[right[0]].nr, 0, 1));
+    prog.push(jump(BPF_JMP_JGE_K, right[0].0, 0, 1));
     let ja_right = prog.len();
     prog.push(stmt(BPF_JMP_JA, 0));
-    emit_tree(prog, fixups, entries, left, default_ret);
-    let right_start = prog.len();
+    emit_tree(prog, fixups, left);
     // Forward distance fits easily: the program is capped at 4096 instructions.
-    prog[ja_right].k = (right_start - ja_right - 1) as u32;
-    emit_tree(prog, fixups, entries, right, default_ret);
+    prog[ja_right].k = (prog.len() - ja_right - 1) as u32;
+    emit_tree(prog, fixups, right);
 }

@@ -3,7 +3,7 @@
 // Regenerate by listing `#define __NR_<name> <nr>` lines, sorted by name.
 
 /// x86_64 syscall names and numbers, sorted by name for binary search.
-pub(super) static X86_64: &[(&str, u32)] = &[
+pub(super) const X86_64: &[(&str, u32)] = &[
     ("_sysctl", 156),
     ("accept", 43),
     ("accept4", 288),
@@ -388,3 +388,54 @@ pub(super) static X86_64: &[(&str, u32)] = &[
     ("write", 1),
     ("writev", 20),
 ];
+
+/// Size of the open-addressing index (a power of two, under 40% full).
+const INDEX_SIZE: usize = 1024;
+const EMPTY: u16 = u16::MAX;
+
+/// FNV-1a, usable in const context.
+const fn fnv1a(s: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < s.len() {
+        h ^= s[i] as u32;
+        h = h.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h
+}
+
+/// Hash index into [`X86_64`], built at compile time: name lookups are on the container
+/// start path (a profile names ~350 syscalls), and a hash probe is several times cheaper
+/// than a binary search over strings.
+static INDEX: [u16; INDEX_SIZE] = build_index();
+
+const fn build_index() -> [u16; INDEX_SIZE] {
+    let mut index = [EMPTY; INDEX_SIZE];
+    let mut i = 0;
+    while i < X86_64.len() {
+        let mut slot = fnv1a(X86_64[i].0.as_bytes()) as usize & (INDEX_SIZE - 1);
+        while index[slot] != EMPTY {
+            slot = (slot + 1) & (INDEX_SIZE - 1);
+        }
+        index[slot] = i as u16;
+        i += 1;
+    }
+    index
+}
+
+/// The x86_64 number of `name`.
+pub(super) fn lookup(name: &str) -> Option<u32> {
+    let mut slot = fnv1a(name.as_bytes()) as usize & (INDEX_SIZE - 1);
+    loop {
+        let i = INDEX[slot];
+        if i == EMPTY {
+            return None;
+        }
+        let (n, nr) = X86_64[i as usize];
+        if n == name {
+            return Some(nr);
+        }
+        slot = (slot + 1) & (INDEX_SIZE - 1);
+    }
+}

@@ -13,5 +13,23 @@ pub trait BusDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
+pub mod bus;
+pub mod debug_exit;
+pub mod i8042;
+pub mod serial;
+pub mod testdev;
 /// virtio devices.
 pub mod virtio;
+
+/// A [`vm_superio::Trigger`] that signals an [`EventFd`](vmm_sys_util::eventfd::EventFd):
+/// used for the serial IRQ (registered as a KVM irqfd) and the i8042 reset line.
+#[derive(Debug)]
+pub struct EventFdTrigger(pub vmm_sys_util::eventfd::EventFd);
+
+impl vm_superio::Trigger for EventFdTrigger {
+    type E = std::io::Error;
+
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}

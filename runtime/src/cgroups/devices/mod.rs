@@ -6,7 +6,7 @@ pub mod program;
 
 use std::fmt;
 
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType};
 
 use super::CgroupError;
 
@@ -104,6 +104,62 @@ impl Rule {
     }
 }
 
+/// The device rules every container gets after its own, as runc and crun do: mknod of any
+/// node, and the standard nodes (null, zero, full, random, urandom, tty, ptmx, pts/*).
+pub fn runtime_default_rules() -> Vec<LinuxDeviceCgroup> {
+    use LinuxDeviceType::{B, C};
+    [
+        (C, None, None, "m"),
+        (B, None, None, "m"),
+        (C, Some(1), Some(3), "rwm"),
+        (C, Some(1), Some(5), "rwm"),
+        (C, Some(1), Some(7), "rwm"),
+        (C, Some(1), Some(8), "rwm"),
+        (C, Some(1), Some(9), "rwm"),
+        (C, Some(5), Some(0), "rwm"),
+        (C, Some(5), Some(2), "rwm"),
+        (C, Some(136), None, "rwm"),
+    ]
+    .into_iter()
+    .map(|(t, major, minor, access)| {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true);
+        r.set_typ(Some(t));
+        r.set_major(major);
+        r.set_minor(minor);
+        r.set_access(Some(access.to_string()));
+        r
+    })
+    .collect()
+}
+
+/// The effective rule list of a container, as runc builds it: the spec's
+/// `linux.resources.devices`, then an allow rule for each node in `linux.devices`, then
+/// [`runtime_default_rules`]. Later rules win, so the defaults cannot be denied.
+pub fn container_rules(
+    spec: &[LinuxDeviceCgroup],
+    nodes: &[LinuxDevice],
+) -> Vec<LinuxDeviceCgroup> {
+    let mut out = spec.to_vec();
+    for n in nodes {
+        let t = match n.typ() {
+            LinuxDeviceType::B => LinuxDeviceType::B,
+            LinuxDeviceType::C | LinuxDeviceType::U => LinuxDeviceType::C,
+            // FIFOs (and `a`) are not device-cgroup objects.
+            _ => continue,
+        };
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true);
+        r.set_typ(Some(t));
+        r.set_major(Some(n.major()));
+        r.set_minor(Some(n.minor()));
+        r.set_access(Some("rwm".into()));
+        out.push(r);
+    }
+    out.extend(runtime_default_rules());
+    out
+}
+
 /// Validates a rule list.
 pub fn rules_from_oci(list: &[LinuxDeviceCgroup]) -> Result<Vec<Rule>, CgroupError> {
     list.iter().map(Rule::from_oci).collect()
@@ -113,7 +169,8 @@ pub fn rules_from_oci(list: &[LinuxDeviceCgroup]) -> Result<Vec<Rule>, CgroupErr
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = match self.typ {
-            DevType::All => return f.write_str("a"),
+            DevType::All if self.is_all() => return f.write_str("a"),
+            DevType::All => 'a',
             DevType::Block => 'b',
             DevType::Char => 'c',
         };
@@ -128,18 +185,76 @@ impl fmt::Display for Rule {
     }
 }
 
-/// Applies rules to a v1 devices cgroup: deny everything, then replay the rules in order
-/// (`devices.allow` for allow rules, `devices.deny` for deny rules), so the last matching
-/// rule wins as in the v2 program.
-pub(crate) fn apply_v1(dir: &std::path::Path, rules: &[Rule]) -> Result<(), CgroupError> {
-    super::fs::write(dir, "devices.deny", "a")?;
-    for r in rules {
-        let file = if r.allow {
+/// The writes that make a v1 devices cgroup enforce `rules` with last-match-wins semantics:
+/// deny everything, then replay the rules in order (`devices.allow` / `devices.deny`).
+///
+/// The v1 kernel keeps a default plus an exception list and removes exceptions only on an
+/// exact type/major/minor match, so a rule that would override *part* of an earlier
+/// exception (e.g. deny `c 1:3` after allowing `c *:* m`) cannot be expressed; such lists are
+/// refused with an error naming both rules rather than enforced differently than on v2.
+pub fn v1_lines(rules: &[Rule]) -> Result<Vec<(&'static str, String)>, CgroupError> {
+    let mut out = vec![("devices.deny", "a".to_string())];
+    let mut default_allow = false;
+    let mut exceptions: Vec<Rule> = Vec::new();
+    for (i, orig) in rules.iter().enumerate() {
+        let file = if orig.allow {
             "devices.allow"
         } else {
             "devices.deny"
         };
-        super::fs::write(dir, file, &r.to_string())?;
+        if orig.is_all() {
+            out.push((file, "a".to_string()));
+            default_allow = orig.allow;
+            exceptions.clear();
+            continue;
+        }
+        // v1 reads type `a` as "everything" whatever the numbers: split it into b and c.
+        let parts: Vec<Rule> = match orig.typ {
+            DevType::All => [DevType::Block, DevType::Char]
+                .into_iter()
+                .map(|typ| Rule { typ, ..*orig })
+                .collect(),
+            _ => vec![*orig],
+        };
+        for r in parts {
+            if r.allow == default_allow {
+                // Removes (bits of) an exception: only exact matches can be removed.
+                let key = (r.typ, r.major, r.minor);
+                if let Some(e) = exceptions
+                    .iter()
+                    .find(|e| (e.typ, e.major, e.minor) != key && overlaps(e, &r))
+                {
+                    return Err(CgroupError::Invalid(format!(
+                        "device rule #{i} ({} {orig}) overrides part of the earlier rule                          ({} {e}), which the v1 devices controller cannot express;                          reorder the rules or use cgroup v2",
+                        if orig.allow { "allow" } else { "deny" },
+                        if e.allow { "allow" } else { "deny" },
+                    )));
+                }
+                for e in exceptions
+                    .iter_mut()
+                    .filter(|e| (e.typ, e.major, e.minor) == key)
+                {
+                    e.access &= !r.access;
+                }
+                exceptions.retain(|e| e.access != 0);
+            } else {
+                exceptions.push(r);
+            }
+            out.push((file, r.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+fn overlaps(a: &Rule, b: &Rule) -> bool {
+    let num = |x: Option<u32>, y: Option<u32>| x.is_none() || y.is_none() || x == y;
+    a.typ == b.typ && num(a.major, b.major) && num(a.minor, b.minor) && a.access & b.access != 0
+}
+
+/// Applies rules to a v1 devices cgroup (see [`v1_lines`]).
+pub(crate) fn apply_v1(dir: &std::path::Path, rules: &[Rule]) -> Result<(), CgroupError> {
+    for (file, line) in v1_lines(rules)? {
+        super::fs::write(dir, file, &line)?;
     }
     Ok(())
 }
@@ -228,6 +343,64 @@ mod tests {
         // absent access = rwm, -1 = wildcard
         let r = Rule::from_oci(&oci(true, A, Some(-1), Some(-1), "")).unwrap();
         assert!(r.is_all());
+    }
+
+    #[test]
+    fn v1_emulation() {
+        use LinuxDeviceType::*;
+        let rules = |v: &[LinuxDeviceCgroup]| rules_from_oci(v).unwrap();
+        let lines = v1_lines(&rules(&[
+            oci(false, A, None, None, "rwm"),
+            oci(true, C, Some(1), Some(3), "rwm"),
+            oci(true, A, Some(7), None, "r"),
+            oci(false, C, Some(1), Some(3), "w"),
+        ]))
+        .unwrap();
+        let text: Vec<String> = lines.iter().map(|(f, l)| format!("{f} {l}")).collect();
+        assert_eq!(
+            text,
+            [
+                "devices.deny a",
+                "devices.deny a",
+                "devices.allow c 1:3 rwm",
+                "devices.allow b 7:* r",
+                "devices.allow c 7:* r",
+                "devices.deny c 1:3 w",
+            ]
+        );
+        let e = v1_lines(&rules(&[
+            oci(true, C, None, None, "m"),
+            oci(false, C, Some(1), Some(3), "rwm"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("c *:* m"), "{e}");
+        // Allow-all then deny specific devices is fine (deny list).
+        assert!(v1_lines(&rules(&[
+            oci(true, A, None, None, "rwm"),
+            oci(false, C, Some(1), Some(3), "rwm"),
+        ]))
+        .is_ok());
+    }
+
+    #[test]
+    fn container_rules_append_nodes_and_defaults() {
+        let spec = vec![oci(false, LinuxDeviceType::A, None, None, "rwm")];
+        let node: LinuxDevice =
+            serde_json::from_str(r#"{"path":"/dev/fuse","type":"c","major":10,"minor":229}"#)
+                .unwrap();
+        let fifo: LinuxDevice =
+            serde_json::from_str(r#"{"path":"/dev/f","type":"p","major":0,"minor":0}"#).unwrap();
+        let all = container_rules(&spec, &[node, fifo]);
+        let lines: Vec<String> = rules_from_oci(&all)
+            .unwrap()
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(lines[0], "a");
+        assert_eq!(lines[1], "c 10:229 rwm");
+        assert_eq!(lines.len(), 2 + runtime_default_rules().len());
+        assert!(lines.contains(&"c 136:* rwm".to_string()));
+        assert!(v1_lines(&rules_from_oci(&all).unwrap()).is_ok());
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub fn compile(rules: &[Rule]) -> Vec<Insn> {
             checks.push(bpf::jne32_imm(5, m, 0));
         }
         let n = checks.len();
+        if n == 0 {
+            // Matches everything: the verifier rejects the unreachable code after it.
+            p.push(bpf::mov_imm(0, i32::from(r.allow)));
+            p.push(bpf::exit());
+            return p;
+        }
         for (i, c) in checks.iter_mut().enumerate() {
             if c.code & 0x07 == 0x06 {
                 // skip the remaining checks and the 2-instruction verdict
@@ -151,5 +157,15 @@ mod tests {
         );
         let allow_all = compile(&[rule(true, DevType::All, None, None, rwm)]);
         assert_eq!(run(&allow_all, DEV_BLOCK, write, 8, 0), 1);
+        assert_eq!(allow_all.len(), 8, "nothing after an unconditional verdict");
+        let deny_after = compile(&[
+            rule(true, DevType::Char, Some(1), Some(3), rwm),
+            rule(false, DevType::All, None, None, rwm),
+        ]);
+        assert_eq!(
+            run(&deny_after, DEV_CHAR, read, 1, 3),
+            0,
+            "later deny-all wins"
+        );
     }
 }
