@@ -336,3 +336,41 @@ pub fn migrate(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_images_keeps_parent_links_and_counts_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src/final");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("pages-1.img"), [7u8; 4096]).unwrap();
+        fs::write(src.join("inventory.img"), b"inv").unwrap();
+        std::os::unix::fs::symlink("../pre0", src.join("parent")).unwrap();
+        let dst = d.path().join("dst/final");
+        assert_eq!(copy_images(&src, &dst).unwrap(), 4099);
+        assert_eq!(fs::read(dst.join("pages-1.img")).unwrap(), vec![7u8; 4096]);
+        assert_eq!(
+            fs::read_link(dst.join("parent")).unwrap(),
+            PathBuf::from("../pre0")
+        );
+    }
+
+    #[test]
+    fn report_names_the_fallback_and_the_downtime() {
+        let r = MigrationReport {
+            fallback: Some("no soft-dirty".into()),
+            downtime: Duration::from_millis(120),
+            final_dump: Duration::from_millis(70),
+            restore: Duration::from_millis(50),
+            id: "c".into(),
+            pid: 42,
+            ..Default::default()
+        };
+        let s = r.to_string();
+        assert!(s.contains("pre-dumps: none (no soft-dirty)"), "{s}");
+        assert!(s.contains("downtime: 120.0 ms"), "{s}");
+    }
+}
