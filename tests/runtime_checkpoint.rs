@@ -785,3 +785,42 @@ fn checkpoint_help_exits_zero() {
         assert!(text.contains(flag), "restore --help lacks {flag}");
     }
 }
+
+#[test]
+fn foreground_restore_returns_the_exit_status() {
+    let Some(ck) = ck_setup("foreground_restore_returns_the_exit_status") else {
+        return;
+    };
+    let id = common::unique_id("ckfg");
+    ck.env.write_config(&ck.config(&[
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 25 ]; do i=$((i+1)); echo $i > /data/count.tmp; mv /data/count.tmp /data/count; sleep 0.1; done; exit 3",
+    ]));
+    let b = ck.bundle();
+    ck.vessel(&["run", "-d", "--bundle", &b, &id]).ok("run -d");
+    ck.wait_count(|c| c >= 2, "the counter");
+    let img = ck.env.bundle_path().join("images");
+    let img = img.to_str().unwrap();
+    ck.vessel(&["checkpoint", "--image-path", img, &id])
+        .ok("checkpoint");
+    let at_dump = ck.count().unwrap();
+    assert!(at_dump < 25);
+    // Without --detach, restore waits like `run` and returns the container's status.
+    let o = ck.vessel(&["restore", "--image-path", img, "--bundle", &b, &id]);
+    assert_eq!(o.status.code(), Some(3), "stderr: {}", o.stderr);
+    assert_eq!(
+        ck.count(),
+        Some(25),
+        "the restored loop did not finish its count"
+    );
+    assert!(
+        !ck.env.state_dir(&id).exists(),
+        "state left after foreground restore"
+    );
+    assert!(
+        cgroup_dirs(&id).is_empty(),
+        "cgroup left: {:?}",
+        cgroup_dirs(&id)
+    );
+}
