@@ -154,9 +154,12 @@ fn config_process_settings_apply_inside() {
     let mut cfg = env.config_with_args(&[
         "sh",
         "-c",
-        "hostname; echo $FOO; pwd; id -u; id -g; id -G; ulimit -n",
+        "hostname; cat /proc/sys/kernel/domainname; echo $FOO; pwd; id -u; id -g; id -G; \
+         ulimit -n; cat /proc/self/oom_score_adj",
     ]);
     cfg["hostname"] = "box-test".into();
+    cfg["domainname"] = "dom.test".into();
+    cfg["process"]["oomScoreAdj"] = 123.into();
     cfg["process"]["env"] = serde_json::json!(["PATH=/bin:/usr/bin", "FOO=from-config"]);
     cfg["process"]["cwd"] = "/tmp".into();
     cfg["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1001, "additionalGids": [5]});
@@ -167,7 +170,7 @@ fn config_process_settings_apply_inside() {
     assert!(out.status.success(), "run: {}", stderr(&out));
     assert_eq!(
         stdout(&out),
-        "box-test\nfrom-config\n/tmp\n1000\n1001\n1001 5\n256\n"
+        "box-test\ndom.test\nfrom-config\n/tmp\n1000\n1001\n1001 5\n256\n123\n"
     );
 }
 

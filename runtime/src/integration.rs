@@ -1,7 +1,10 @@
-//! The one place where the lifecycle calls into the sibling modules (rootfs, security,
-//! cgroups, hooks). Until a module is merged, its entry point here refuses any spec that
-//! asks for what it would do ("unsupported: ... not built in yet"), so nothing is ever
-//! silently ignored; merging the module replaces the body with the real call.
+//! The one place where the lifecycle calls into the sibling modules: [`crate::rootfs`]
+//! (validate before the fork, prepare in the init), [`crate::seccomp`] (compile before
+//! the fork, install in the init), [`crate::capabilities`], [`crate::rlimits`],
+//! [`crate::process_attrs`], [`crate::hooks`] and [`crate::cgroups`]. Keeping the calls
+//! here keeps the lifecycle readable and makes each module's contract with it explicit;
+//! it also adds what belongs to the runtime rather than to a module, such as the default
+//! device-cgroup rules appended after the spec's ([`effective_resources`]).
 
 use std::path::Path;
 

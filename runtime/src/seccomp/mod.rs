@@ -90,16 +90,6 @@ pub enum SeccompError {
         /// The index given.
         index: usize,
     },
-    /// Two unconditional rules give one syscall different actions.
-    #[error("syscall {name}: conflicting rules without args: {first} and {second}")]
-    ConflictingRules {
-        /// The syscall name.
-        name: String,
-        /// First action (with errno data).
-        first: String,
-        /// Second action.
-        second: String,
-    },
     /// `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` without any `SCMP_ACT_NOTIFY` rule.
     #[error("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV needs at least one SCMP_ACT_NOTIFY rule")]
     WaitKillableWithoutNotify,
@@ -268,16 +258,11 @@ pub fn compile(spec: &LinuxSeccomp) -> Result<Filter, SeccompError> {
                 uncond: None,
             });
             if conditions.is_empty() {
-                match entry.uncond {
-                    Some(prev) if prev != ret => {
-                        return Err(SeccompError::ConflictingRules {
-                            name: name.clone(),
-                            first: describe_ret(prev),
-                            second: describe_ret(ret),
-                        })
-                    }
-                    _ => entry.uncond = Some(ret),
-                }
+                // Several unconditional rules for one syscall: the first one wins and the
+                // later ones are ignored, as with libseccomp (runc and crun behave so, and
+                // podman's generated profiles rely on it, e.g. `setns` both allowed and,
+                // without CAP_SYS_ADMIN, denied).
+                entry.uncond.get_or_insert(ret);
             } else if split_conditions {
                 for c in &conditions {
                     entry.rules.push(CondRule {
@@ -406,22 +391,6 @@ fn action_ret(
         LinuxSeccompAction::ScmpActLog => libc::SECCOMP_RET_LOG,
         LinuxSeccompAction::ScmpActAllow => libc::SECCOMP_RET_ALLOW,
     })
-}
-
-/// Human-readable form of a seccomp return value, for error messages.
-fn describe_ret(ret: u32) -> String {
-    let data = ret & libc::SECCOMP_RET_DATA;
-    match ret & libc::SECCOMP_RET_ACTION_FULL {
-        libc::SECCOMP_RET_KILL_PROCESS => "SCMP_ACT_KILL_PROCESS".into(),
-        libc::SECCOMP_RET_KILL_THREAD => "SCMP_ACT_KILL_THREAD".into(),
-        libc::SECCOMP_RET_TRAP => "SCMP_ACT_TRAP".into(),
-        libc::SECCOMP_RET_ERRNO => format!("SCMP_ACT_ERRNO({data})"),
-        libc::SECCOMP_RET_USER_NOTIF => "SCMP_ACT_NOTIFY".into(),
-        libc::SECCOMP_RET_TRACE => format!("SCMP_ACT_TRACE({data})"),
-        libc::SECCOMP_RET_LOG => "SCMP_ACT_LOG".into(),
-        libc::SECCOMP_RET_ALLOW => "SCMP_ACT_ALLOW".into(),
-        other => format!("{other:#x}"),
-    }
 }
 
 impl Filter {
