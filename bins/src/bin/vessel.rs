@@ -163,7 +163,7 @@ enum Cmd {
         /// Working directory in the container.
         #[arg(long)]
         cwd: Option<PathBuf>,
-        /// User as uid[:gid].
+        /// User as `uid[:gid]`.
         #[arg(long, short = 'u')]
         user: Option<String>,
         /// Set no_new_privs for the process.
