@@ -24,9 +24,13 @@ need_pkgs runc python3
 CRIU="$("$REPO/fixtures/criu.sh")"
 BUNDLE_SRC="$("$REPO/fixtures/busybox.sh" 2>/dev/null | tail -1 || true)"
 [ -d "$BUNDLE_SRC/rootfs" ] || BUNDLE_SRC="$CACHE/bundle"
-log "building vessel (release)"
-(cd "$REPO" && cargo build -q --release -p vessel-bins --bin vessel)
-VESSEL="$REPO/target/release/vessel"
+if [ -n "${VESSEL_BIN:-}" ]; then
+  VESSEL="$VESSEL_BIN"   # e.g. a debug build: CRIU dominates both sides anyway
+else
+  log "building vessel (release)"
+  (cd "$REPO" && cargo build -q --release -p vessel-bins --bin vessel)
+  VESSEL="$REPO/target/release/vessel"
+fi
 export VESSEL_CRIU="$CRIU"
 
 TMP="$(mktemp -d /tmp/vessel-ckbench.XXXXXX)"
