@@ -183,8 +183,8 @@ pub struct ExecOptions {
 /// A container known to the runtime.
 #[derive(Debug)]
 pub struct Container {
-    dir: StateDir,
-    state: ContainerState,
+    pub(crate) dir: StateDir,
+    pub(crate) state: ContainerState,
     warnings: Vec<String>,
 }
 
@@ -213,7 +213,7 @@ impl Drop for CreateGuard<'_> {
 }
 
 /// Resolves `root.path` against the bundle.
-fn rootfs_path(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
+pub(crate) fn rootfs_path(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
     let root = spec
         .root()
         .as_ref()
@@ -928,7 +928,7 @@ fn send_seccomp_listener(spec: &Spec, state: &State, fd: OwnedFd) -> Result<()> 
     Ok(())
 }
 
-fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     Ok(state::write_atomic(
         path,
         pid.to_string().as_bytes(),

@@ -13,6 +13,8 @@ use vessel_runtime::container::{Container, CreateOptions, ExecOptions};
 use vessel_runtime::process::child::error_chain;
 use vessel_runtime::{spec, state, terminal, wait};
 
+#[path = "../cli/checkpoint.rs"]
+mod checkpoint;
 #[path = "../cli/ops.rs"]
 mod ops;
 
@@ -209,6 +211,12 @@ enum Cmd {
     Update(ops::UpdateArgs),
     /// Print a container's statistics (--stats) or stream its OOM and stats events.
     Events(ops::EventsArgs),
+    /// Checkpoint a running container with CRIU.
+    Checkpoint(checkpoint::CheckpointArgs),
+    /// Restore a container from a checkpoint.
+    Restore(checkpoint::RestoreArgs),
+    /// Live-migrate a running container to another state root.
+    Migrate(checkpoint::MigrateArgs),
 }
 
 /// Where error/debug messages go.
@@ -322,6 +330,9 @@ fn run(cli: &Cli, log: &mut Logger) -> CliResult {
     };
     let root = root_buf.as_path();
     match &cli.cmd {
+        Cmd::Checkpoint(a) => checkpoint::checkpoint(root, a),
+        Cmd::Restore(a) => checkpoint::restore(root, a),
+        Cmd::Migrate(a) => checkpoint::migrate(root, a),
         Cmd::Spec { rootless, bundle } => {
             spec::write_default(bundle, *rootless)?;
             Ok(0)

@@ -198,6 +198,11 @@ fn body(setup: &Setup<'_>) -> Result<Infallible> {
                 )?;
             }
             namespaces::enter(joins, plan.unshare_flags)?;
+            // The init leads a session of its own, as runc's does (the terminal setup
+            // makes one itself): CRIU dumps only trees whose session is inside them.
+            if process.terminal() != Some(true) {
+                sys("setsid", nix::unistd::setsid().map(drop))?;
+            }
             if plan.new_time {
                 sys(
                     "unshare time namespace",

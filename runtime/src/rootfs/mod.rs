@@ -40,7 +40,7 @@ mod mounts;
 mod options;
 mod paths;
 mod pivot;
-mod resolve;
+pub(crate) mod resolve;
 mod sys;
 mod sysctl;
 mod validate;
