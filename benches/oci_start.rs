@@ -153,9 +153,9 @@ fn main() {
         .map(|name| {
             let b = work.path().join(format!("bundle-{name}"));
             std::fs::create_dir_all(&b).expect("bundle dir");
-            std::os::unix::fs::symlink(bundle.join("rootfs"), b.join("rootfs"))
-                .expect("rootfs link");
             let mut c = cfg.clone();
+            // One shared rootfs, named by its absolute path (runc refuses a symlink).
+            c["root"]["path"] = serde_json::json!(bundle.join("rootfs"));
             c["linux"]["cgroupsPath"] = serde_json::json!(format!("{cg_base}/{name}"));
             std::fs::write(b.join("config.json"), c.to_string()).expect("write config");
             b
