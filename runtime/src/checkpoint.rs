@@ -608,7 +608,8 @@ fn make_mountpoints(spec: &Spec, bundle: &Path, rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
-/// CRIU's `--cgroup-root` for each v1 hierarchy of `cg`: the controller list and the
+/// CRIU's `--cgroup-root` for each hierarchy of `cg` (v1 by controller list, cgroup2 as the
+/// default root): the controller list and the
 /// container's cgroup as a path inside the hierarchy (what /proc/PID/cgroup shows; the
 /// hierarchies are assumed mounted at their root, as on this host).
 fn cgroup_roots(cg: &Cgroup) -> Vec<(Option<String>, PathBuf)> {
@@ -618,6 +619,15 @@ fn cgroup_roots(cg: &Cgroup) -> Vec<(Option<String>, PathBuf)> {
     let mut out = Vec::new();
     for h in cg.hierarchies() {
         if h.version != crate::cgroups::Version::V1 {
+            // The cgroup2 tree has no controller name for CRIU: it gets the default root
+            // (one without a controller), which the v1 entries below override. Without it
+            // CRIU puts the restored tree back into the *dumped* container's v2 cgroup,
+            // which then outlives both containers.
+            if let Some(u) = &layout.unified {
+                if let Ok(rel) = h.dir.strip_prefix(&u.mount_point) {
+                    out.push((None, Path::new("/").join(rel)));
+                }
+            }
             continue;
         }
         let Some(m) = layout.v1.iter().find(|m| m.controllers == h.controllers) else {
@@ -626,6 +636,19 @@ fn cgroup_roots(cg: &Cgroup) -> Vec<(Option<String>, PathBuf)> {
         if let Ok(rel) = h.dir.strip_prefix(&m.mount_point) {
             out.push((Some(h.controllers.join(",")), Path::new("/").join(rel)));
         }
+    }
+    // v1 hierarchies the manager does not drive (e.g. name=systemd) keep the caller's own
+    // cgroup, so the default root above does not apply to them.
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    for line in own.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if ctrls.is_empty() || out.iter().any(|(c, _)| c.as_deref() == Some(ctrls)) {
+            continue;
+        }
+        out.push((Some(ctrls.to_string()), PathBuf::from(path)));
     }
     out
 }
