@@ -464,33 +464,17 @@ impl Rootless {
         if args.first().is_some_and(|a| *a == "run" || *a == "create") {
             self.ids.borrow_mut().push(args[args.len() - 1].to_string());
         }
-        let mut out = tempfile::tempfile().unwrap();
-        let mut err = tempfile::tempfile().unwrap();
-        let status = Command::new("setpriv")
-            .arg(format!("--reuid={}", self.user.uid))
-            .arg(format!("--regid={}", self.user.gid))
-            .arg("--clear-groups")
-            .arg(vessel_bin())
-            .args(args)
-            .env("XDG_RUNTIME_DIR", self.xdg())
-            .current_dir(self.bundle())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(err.try_clone().unwrap())
-            .status()
-            .unwrap();
-        let read = |f: &mut std::fs::File| {
-            use std::io::{Read, Seek};
-            let mut v = Vec::new();
-            f.seek(std::io::SeekFrom::Start(0)).unwrap();
-            f.read_to_end(&mut v).unwrap();
-            v
-        };
-        Output {
-            status,
-            stdout: read(&mut out),
-            stderr: read(&mut err),
-        }
+        run_captured(
+            Command::new("setpriv")
+                .arg(format!("--reuid={}", self.user.uid))
+                .arg(format!("--regid={}", self.user.gid))
+                .arg("--clear-groups")
+                .arg(vessel_bin())
+                .args(args)
+                .env("XDG_RUNTIME_DIR", self.xdg())
+                .current_dir(self.bundle())
+                .stdin(Stdio::null()),
+        )
     }
 }
 

@@ -132,26 +132,7 @@ impl Env {
     /// Runs `vessel --root R args…` and collects its output. Stdout and stderr go through
     /// files, not pipes: a detached container inherits them and would keep a pipe open.
     pub fn vessel(&self, args: &[&str]) -> Output {
-        let mut out = tempfile::tempfile().unwrap();
-        let mut err = tempfile::tempfile().unwrap();
-        let status = self
-            .cmd(args)
-            .stdout(out.try_clone().unwrap())
-            .stderr(err.try_clone().unwrap())
-            .status()
-            .unwrap();
-        let read = |f: &mut std::fs::File| {
-            use std::io::{Read, Seek};
-            let mut v = Vec::new();
-            f.seek(std::io::SeekFrom::Start(0)).unwrap();
-            f.read_to_end(&mut v).unwrap();
-            v
-        };
-        Output {
-            status,
-            stdout: read(&mut out),
-            stderr: read(&mut err),
-        }
+        run_captured(&mut self.cmd(args))
     }
 
     /// As [`Env::vessel`] with `--bundle` for create/run.
@@ -267,5 +248,29 @@ fn find_named(dir: &Path, name: &str, depth: u32, out: &mut Vec<PathBuf>) {
             }
             find_named(&e.path(), name, depth - 1, out);
         }
+    }
+}
+
+/// Runs `cmd` and collects its output. Stdout and stderr go through files, not pipes: a
+/// detached container inherits them and would keep a pipe open.
+pub fn run_captured(cmd: &mut Command) -> Output {
+    let mut out = tempfile::tempfile().unwrap();
+    let mut err = tempfile::tempfile().unwrap();
+    let status = cmd
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .status()
+        .unwrap();
+    let read = |f: &mut std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut v = Vec::new();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut v).unwrap();
+        v
+    };
+    Output {
+        status,
+        stdout: read(&mut out),
+        stderr: read(&mut err),
     }
 }
