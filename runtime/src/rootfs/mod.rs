@@ -26,7 +26,7 @@
 //!   devpts, mqueue, cgroup, cgroup2, bind); other filesystems get every
 //!   non-generic option as data;
 //! - id-mapped mounts (`idmap`, `ridmap`, `uidMappings`) are built by the
-//!   runtime's parent with [`prepare_idmapped`] (the kernel only lets the
+//!   runtime's parent with [`crate::idmount::prepare`] (the kernel only lets the
 //!   initial user namespace idmap a host filesystem) and attached by
 //!   [`prepare_with`];
 //! - runc's `tmpcopyup` extension copies owner and mode, not timestamps.
@@ -57,7 +57,7 @@ use nix::sys::stat::Mode;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 pub use error::RootfsError;
-pub use idmap::{prepare_idmapped, PreparedMount};
+pub use idmap::PreparedMount;
 pub use sysctl::apply_sysctl;
 pub use validate::{root_path, validate};
 
@@ -98,7 +98,7 @@ pub fn prepare(spec: &Spec, rootfs: &Path, opts: &Options) -> Result<(), RootfsE
 }
 
 /// [`prepare`] with the ID-mapped mounts the parent built with
-/// [`prepare_idmapped`] (required when a mount uses `idmap`/`ridmap` or
+/// [`crate::idmount::prepare`] (required when a mount uses `idmap`/`ridmap` or
 /// `uidMappings`; each is attached in place of cloning its source).
 pub fn prepare_with(
     spec: &Spec,

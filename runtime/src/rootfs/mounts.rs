@@ -179,7 +179,7 @@ fn bind(
             .iter()
             .position(|pm| pm.index == index)
             .ok_or(Errno::EINVAL)
-            .map_err(e.at("ID-mapped mount not prepared by the parent (prepare_idmapped)"))?;
+            .map_err(e.at("ID-mapped mount not prepared by the parent (idmount::prepare)"))?;
         ctx.premounted.swap_remove(pos).fd
     } else {
         clone_tree(source, recursive).map_err(e.at("open_tree (source)"))?

@@ -80,35 +80,17 @@ impl MountAttr {
 }
 
 /// `mount_setattr(2)` on the mount `fd` refers to (its root), optionally recursive.
+/// (Id maps are attached by [`crate::idmap::idmapped_tree`], not here.)
 pub(crate) fn mount_setattr(
     fd: BorrowedFd<'_>,
     attr: MountAttr,
     recursive: bool,
 ) -> Result<(), Errno> {
-    setattr(fd, attr, recursive, 0)
-}
-
-/// `mount_setattr(2)` with `MOUNT_ATTR_IDMAP` and the user namespace `userns`.
-pub(crate) fn mount_setattr_userns(
-    fd: BorrowedFd<'_>,
-    attr: MountAttr,
-    recursive: bool,
-    userns: BorrowedFd<'_>,
-) -> Result<(), Errno> {
-    setattr(fd, attr, recursive, userns.as_raw_fd() as u64)
-}
-
-fn setattr(
-    fd: BorrowedFd<'_>,
-    attr: MountAttr,
-    recursive: bool,
-    userns_fd: u64,
-) -> Result<(), Errno> {
     let mut raw = libc::mount_attr {
         attr_set: attr.set,
         attr_clr: attr.clr,
         propagation: attr.propagation,
-        userns_fd,
+        userns_fd: 0,
     };
     let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
     if recursive {

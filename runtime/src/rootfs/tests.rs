@@ -1191,7 +1191,7 @@ fn idmapped_bind_mounts_shift_ownership() {
         std::env::set_current_dir(b.path()).map_err(|e| format!("chdir: {e}"))?;
         // Without the parent's detached mounts the spec cannot be honoured.
         match prepare(&spec, &rootfs, &Options::default()) {
-            Err(RootfsError::Mount { op, .. }) if op.contains("prepare_idmapped") => {}
+            Err(RootfsError::Mount { op, .. }) if op.contains("idmount::prepare") => {}
             r => return Err(format!("expected a missing-idmap error, got {r:?}")),
         }
         Ok(())
@@ -1199,7 +1199,9 @@ fn idmapped_bind_mounts_shift_ownership() {
     res.unwrap();
     let res = in_child(CloneFlags::empty(), || {
         std::env::set_current_dir(b.path()).map_err(|e| format!("chdir: {e}"))?;
-        let pre = prepare_idmapped(&spec).map_err(|e| format!("prepare_idmapped: {e}"))?;
+        let trees = crate::idmount::prepare(&spec, b.path(), &rootfs)
+            .map_err(|e| format!("idmount::prepare: {e}"))?;
+        let (pre, _) = trees.for_rootfs().map_err(|e| format!("for_rootfs: {e}"))?;
         ensure!(pre.len() == 1 && pre[0].index == 1, "prepared: {pre:?}");
         prepare_with(&spec, &rootfs, &Options::default(), pre)
             .map_err(|e| format!("prepare: {e}"))?;
