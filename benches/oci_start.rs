@@ -3,7 +3,8 @@
 //!
 //! Run with `cargo bench --bench oci_start` (as root, after `bash fixtures/all.sh` and
 //! `cargo build --release -p vessel-bins`). Options via the environment:
-//! `VESSEL_BENCH_RUNS` (default 50 per runtime and mode).
+//! `VESSEL_BENCH_RUNS` (default 50 per runtime and mode), `VESSEL_BENCH_COMPARE` (path of a
+//! second vessel binary, reported as `vessel-b`, for A/B comparisons of two builds).
 //!
 //! Two modes: `run` (one command, create+start+wait+delete) and `create+start+delete` as three
 //! separate commands. Runtimes are alternated run by run so that drift of the machine hits all
@@ -175,6 +176,13 @@ fn main() {
             vessel.display()
         );
     }
+    // A/B of two vessel builds: VESSEL_BENCH_COMPARE=/path/to/another/vessel.
+    if let Some(bin) = std::env::var_os("VESSEL_BENCH_COMPARE") {
+        runtimes.push(Runtime {
+            name: "vessel-b",
+            bin: PathBuf::from(bin),
+        });
+    }
     for name in ["crun", "runc"] {
         match which(name) {
             Some(bin) => runtimes.push(Runtime { name, bin }),
@@ -198,7 +206,7 @@ fn main() {
                 let id = format!("bench-{}-{i}", rt.name);
                 let b = bundles[["vessel", "crun", "runc"]
                     .iter()
-                    .position(|n| *n == rt.name)
+                    .position(|n| rt.name.starts_with(n))
                     .expect("known runtime")]
                 .to_str()
                 .expect("utf-8 path");

@@ -336,10 +336,7 @@ impl Container {
     /// afterwards (its id is free for a restore).
     pub fn checkpoint(&mut self, opts: &CheckpointOptions) -> Result<CheckpointReport> {
         let lock = self.dir.lock().map_err(ContainerError::from)?;
-        self.state = self.dir.load().map_err(ContainerError::from)?;
-        if !state::is_alive(self.state.oci.pid, self.state.init_start_time) {
-            self.state.oci.status = Status::Stopped;
-        }
+        self.reload()?;
         match self.state.oci.status {
             Status::Running | Status::Paused => {}
             status => {

@@ -57,10 +57,12 @@ pub fn rootfs_prepare(
     rootfs: &Path,
     opts: RootfsOptions,
     idmapped: &crate::idmount::IdmappedTrees,
+    cgroup_gate: &dyn Fn() -> std::result::Result<(), String>,
 ) -> Result<()> {
     let (premounted, root) = idmapped.for_rootfs()?;
+    let gate = || cgroup_gate().map_err(crate::rootfs::RootfsError::CgroupWait);
     Ok(crate::rootfs::prepare_with_root(
-        spec, rootfs, &opts, premounted, root,
+        spec, rootfs, &opts, premounted, root, &gate,
     )?)
 }
 
@@ -170,10 +172,34 @@ pub fn effective_resources(spec: &Spec) -> Option<oci_spec::runtime::LinuxResour
 
 /// Parent-side, after the clone: creates the cgroup, applies the resources, moves `pid`.
 pub fn cgroup_apply(cg: &Cgroup, spec: &Spec, pid: i32) -> Result<()> {
+    cgroup_set(cg, spec)?;
+    Ok(cg.apply(pid)?)
+}
+
+/// Creates the container's cgroups and sets the spec's limits (nothing joins yet).
+pub fn cgroup_set(cg: &Cgroup, spec: &Spec) -> Result<()> {
     if let Some(r) = effective_resources(spec) {
         cg.set_exact(&r)?;
     }
-    Ok(cg.apply(pid)?)
+    Ok(())
+}
+
+/// Handles for the init to join its cgroups itself (see [`crate::cgroups::SelfJoin`]).
+pub type CgroupSelfJoin = crate::cgroups::SelfJoin;
+
+/// Opens the container's cgroups for the init to join itself.
+pub fn cgroup_self_join(cg: &Cgroup) -> Result<CgroupSelfJoin> {
+    Ok(cg.self_join()?)
+}
+
+/// Moves `pid` into the container's cgroup2 cgroup only (when `clone3` could not place it).
+pub fn cgroup_join_v2(cg: &Cgroup, pid: i32) -> Result<()> {
+    Ok(cg.apply_version(pid, crate::cgroups::Version::V2)?)
+}
+
+/// In the init: joins the v1 cgroups through the handles opened by the parent.
+pub fn cgroup_join_current(sj: &CgroupSelfJoin) -> Result<()> {
+    Ok(sj.join_current()?)
 }
 
 /// Exec-side: moves `pid` into the container's existing cgroup.

@@ -31,8 +31,13 @@ type Result<T> = std::result::Result<T, SyncError>;
 /// Messages of the create protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    /// Parent → init: id maps are written, the cgroup is set; carries the init's host pid.
+    /// Parent → init: id maps are written; carries the init's host pid. The init starts
+    /// its setup while the parent puts it into its cgroup.
     Go(i32),
+    /// Parent → init: the init is in its cgroup and the limits are set (the init waits for
+    /// this before its first step that depends on it: cgroup namespace, cgroup mount,
+    /// container hooks, exec).
+    CgroupJoined,
     /// Init → parent: namespaces are final (createRuntime/prestart hooks may run).
     NamespacesReady,
     /// Parent → init: the runtime-side hooks ran.
@@ -53,6 +58,7 @@ impl Msg {
                 v.extend_from_slice(&pid.to_le_bytes());
                 v
             }
+            Msg::CgroupJoined => vec![b'C'],
             Msg::NamespacesReady => vec![b'N'],
             Msg::HooksDone => vec![b'H'],
             Msg::SeccompListener => vec![b'S'],
@@ -75,6 +81,7 @@ impl Msg {
                     .ok_or_else(bad)?;
                 Ok(Msg::Go(i32::from_le_bytes(raw)))
             }
+            Some(b'C') => Ok(Msg::CgroupJoined),
             Some(b'N') => Ok(Msg::NamespacesReady),
             Some(b'H') => Ok(Msg::HooksDone),
             Some(b'S') => Ok(Msg::SeccompListener),
@@ -191,6 +198,7 @@ mod tests {
         let (a, b) = pair().unwrap();
         for m in [
             Msg::Go(12345),
+            Msg::CgroupJoined,
             Msg::NamespacesReady,
             Msg::HooksDone,
             Msg::Ready,

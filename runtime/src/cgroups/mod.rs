@@ -17,12 +17,14 @@
 
 pub mod devices;
 mod fs;
+mod join;
 pub mod layout;
 mod oom;
 pub mod stats;
 mod v1;
 mod v2;
 pub mod validate;
+pub use join::SelfJoin;
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
@@ -196,6 +198,9 @@ pub struct Manager {
     /// Parents shared by containers on the default path (`<own>/vessel`), removed when empty.
     #[serde(default)]
     shared_parents: Vec<PathBuf>,
+    /// Every hierarchy's cgroup exists (made by this manager's [`Manager::create`]).
+    #[serde(skip)]
+    created_all: std::sync::atomic::AtomicBool,
 }
 
 /// Controllers whose v2 tree copy is used by `set`/`stats` when it is the only one.
@@ -311,6 +316,7 @@ impl Manager {
             ));
         }
         Ok(Manager {
+            created_all: Default::default(),
             mode,
             hierarchies,
             shared_parents,
@@ -546,6 +552,10 @@ impl Manager {
     /// mkdir -p the cgroup in every hierarchy, recording the levels created here. Rolls
     /// back what this call created on failure.
     fn create(&self) -> Result<(), CgroupError> {
+        use std::sync::atomic::Ordering;
+        if self.created_all.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut made: Vec<(usize, PathBuf)> = Vec::new();
         let res = self
             .hierarchies
@@ -558,6 +568,8 @@ impl Manager {
                     self.hierarchies[*i].created().retain(|x| x != d);
                 }
             }
+        } else {
+            self.created_all.store(true, Ordering::Relaxed);
         }
         res
     }
@@ -673,6 +685,23 @@ impl Manager {
                 }
             }
             cur.push(c);
+        }
+        Ok(())
+    }
+
+    /// Creates the cgroups (if needed) and opens them for a child to join itself without
+    /// a `cgroup.procs` write by the parent (see [`SelfJoin`]).
+    pub fn self_join(&self) -> Result<SelfJoin, CgroupError> {
+        self.create()?;
+        SelfJoin::open(self)
+    }
+
+    /// Moves `pid` into the cgroups of one `version` only (after a [`SelfJoin`] did the
+    /// others, or a `clone3` into the v2 cgroup was refused).
+    pub fn apply_version(&self, pid: i32, version: Version) -> Result<(), CgroupError> {
+        self.create()?;
+        for h in self.hierarchies.iter().filter(|h| h.version == version) {
+            fs::write(&h.dir, "cgroup.procs", &pid.to_string())?;
         }
         Ok(())
     }
@@ -1036,6 +1065,8 @@ impl Manager {
     /// (leaf first, plus any cgroups the container made below its own). Idempotent.
     /// A cgroup that existed before (joined, not created) is left alone, processes and all.
     pub fn destroy(&self) -> Result<(), CgroupError> {
+        self.created_all
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         // Processes are only killed in a cgroup this manager created: a pre-existing cgroup
         // that the container merely joined may hold processes that are not ours.
         let own_leaf = self

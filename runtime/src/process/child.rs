@@ -2,13 +2,23 @@
 //!
 //! Order (runc's, adapted to one clone; "P:" marks what the parent does meanwhile):
 //! 1. parent-death signal SIGKILL, so a dying `vessel create` takes its half-made init
-//!    along; wait for `Go` (P: uid/gid maps written, cgroup joined and set);
+//!    along; wait for `Go` (P: uid/gid maps written);
 //! 2. in a new user namespace become its root; join namespaces by path (user first),
-//!    unshare the rest, unshare the time namespace and write its offsets;
-//! 3. if the spec has prestart/createRuntime hooks: `NamespacesReady`, wait for
-//!    `HooksDone` (P: runs them in the runtime namespace);
-//! 4. hostname, domainname; createContainer hooks; new session keyring;
-//! 5. rootfs (mounts, devices, pivot_root, sysctl, masked/readonly paths);
+//!    unshare the rest but the cgroup namespace, unshare the time namespace and write
+//!    its offsets;
+//! 3. if the spec has prestart/createRuntime hooks: pass the cgroup gate (below), then
+//!    `NamespacesReady`, wait for `HooksDone` (P: runs them in the runtime namespace);
+//! 4. hostname, domainname; createContainer hooks (after the gate); new session keyring;
+//! 5. rootfs (mounts, devices, pivot_root, sysctl, masked/readonly paths); the gate is
+//!    passed before the first `cgroup` mount;
+//!
+//! The cgroup gate: as host root, the init joins its cgroups itself (born in the v2 one by
+//! `clone3`, moving itself into the v1 ones, see `cgroups::SelfJoin`; the parent set the
+//! limits before the clone); otherwise the parent moves it. Either way it then waits for
+//! `CgroupJoined` and unshares the cgroup namespace if asked, so that namespace's root is
+//! the container's cgroup. When the parent moves the init, steps 1–5 up to the gate
+//! overlap with that move, whose first migration waits for an RCU grace period (4–17 ms
+//! here); every path passes the gate before `Ready`.
 //! 6. terminal (pty from the container's devpts, slave on /dev/console, master sent
 //!    over the console socket); cwd;
 //! 7. as root: rlimits, oom score, io priority, scheduler, personality;
@@ -128,6 +138,9 @@ pub struct Setup<'a> {
     pub preserve_fds: u32,
     /// Init or exec.
     pub role: Role<'a>,
+    /// Handles to join the container's cgroups itself at the cgroup gate (else the parent
+    /// moves the child and the gate only waits for its word).
+    pub self_join: Option<&'a integration::CgroupSelfJoin>,
 }
 
 /// Runs the child's setup and execs; never returns.
@@ -169,11 +182,50 @@ fn hook_state(setup: &Setup<'_>, pid: i32, status: Status) -> String {
     serde_json::to_string(&st).unwrap_or_default()
 }
 
+/// Waits once for the parent's `CgroupJoined`, then unshares the cgroup namespace if the
+/// spec asks for a new one (see the module docs).
+struct CgroupGate<'a> {
+    channel: &'a Channel,
+    self_join: Option<&'a integration::CgroupSelfJoin>,
+    unshare_cgroupns: bool,
+    passed: std::cell::Cell<bool>,
+}
+
+impl CgroupGate<'_> {
+    fn pass(&self) -> Result<()> {
+        if self.passed.get() {
+            return Ok(());
+        }
+        if let Some(sj) = self.self_join {
+            integration::cgroup_join_current(sj)?;
+        }
+        self.channel.expect(&Msg::CgroupJoined)?;
+        if self.unshare_cgroupns {
+            sys(
+                "unshare cgroup namespace",
+                nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP),
+            )?;
+        }
+        self.passed.set(true);
+        Ok(())
+    }
+}
+
 fn body(setup: &Setup<'_>) -> Result<Infallible> {
     sys("set parent-death signal", set_pdeathsig(libc::SIGKILL))?;
     let host_pid = match setup.channel.recv()?.0 {
         Msg::Go(pid) => pid,
         m => return Err(SyncError::Unexpected(format!("{m:?}")).into()),
+    };
+    let cgroupns = match &setup.role {
+        Role::Init { plan, .. } => plan.unshare_flags.contains(CloneFlags::CLONE_NEWCGROUP),
+        Role::Exec { .. } => false,
+    };
+    let gate = CgroupGate {
+        channel: setup.channel,
+        self_join: setup.self_join,
+        unshare_cgroupns: cgroupns,
+        passed: std::cell::Cell::new(false),
     };
     let spec = setup.spec;
     let process = setup.process;
@@ -197,7 +249,7 @@ fn body(setup: &Setup<'_>) -> Result<Infallible> {
                     nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
                 )?;
             }
-            namespaces::enter(joins, plan.unshare_flags)?;
+            namespaces::enter(joins, plan.unshare_flags - CloneFlags::CLONE_NEWCGROUP)?;
             // The init leads a session of its own, as runc's does (the terminal setup
             // makes one itself): CRIU dumps only trees whose session is inside them.
             if process.terminal() != Some(true) {
@@ -213,6 +265,7 @@ fn body(setup: &Setup<'_>) -> Result<Infallible> {
                 namespaces::write_time_offsets(spec)?;
             }
             if *runtime_hooks {
+                gate.pass()?;
                 setup.channel.send(&Msg::NamespacesReady)?;
                 setup.channel.expect(&Msg::HooksDone)?;
             }
@@ -223,8 +276,12 @@ fn body(setup: &Setup<'_>) -> Result<Infallible> {
                 set_domainname(d)?;
             }
             let hooks = spec.hooks().as_ref();
+            let create_container = hooks.and_then(|h| h.create_container().as_ref());
+            if create_container.is_some_and(|v| !v.is_empty()) {
+                gate.pass()?;
+            }
             integration::run_hooks(
-                hooks.and_then(|h| h.create_container().as_ref()),
+                create_container,
                 &hook_state(setup, host_pid, Status::Creating),
             )?;
             if *new_keyring {
@@ -238,13 +295,16 @@ fn body(setup: &Setup<'_>) -> Result<Infallible> {
                 "chdir to the bundle",
                 nix::unistd::chdir(&setup.state.bundle),
             )?;
-            integration::rootfs_prepare(spec, setup.rootfs, *rootfs_opts, idmapped)?;
+            let cgroup_gate = || gate.pass().map_err(|e| error_chain(&e));
+            integration::rootfs_prepare(spec, setup.rootfs, *rootfs_opts, idmapped, &cgroup_gate)?;
+            gate.pass()?;
         }
         Role::Exec {
             pidfd,
             ns_flags,
             root,
         } => {
+            gate.pass()?;
             if !ns_flags.is_empty() {
                 sys(
                     "setns into the container",

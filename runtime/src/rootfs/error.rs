@@ -9,6 +9,10 @@ use nix::errno::Errno;
 /// path, device, sysctl key) and, for kernel failures, the operation and errno.
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
+    /// Waiting for the runtime to put the process into its cgroup failed (the `cgroup`
+    /// mount shows the process's own cgroup, so it waits for that).
+    #[error("waiting for the container's cgroup: {0}")]
+    CgroupWait(String),
     /// The spec has no `root` section.
     #[error("spec has no root (root.path is required)")]
     NoRoot,

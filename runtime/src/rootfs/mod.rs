@@ -106,18 +106,21 @@ pub fn prepare_with(
     opts: &Options,
     premounted: Vec<PreparedMount>,
 ) -> Result<(), RootfsError> {
-    prepare_with_root(spec, rootfs, opts, premounted, None)
+    prepare_with_root(spec, rootfs, opts, premounted, None, &|| Ok(()))
 }
 
 /// [`prepare_with`], and with `idmapped_root` (a detached id-mapped clone of the rootfs made
 /// by the parent, see [`crate::idmount`]) attached in place of the bind of the rootfs onto
-/// itself.
+/// itself. `cgroup_gate` runs before each `cgroup` mount (which shows the caller's own
+/// cgroup): the container's init uses it to wait until the runtime has put it into its
+/// cgroup, so everything before that mount overlaps with the cgroup join.
 pub fn prepare_with_root(
     spec: &Spec,
     rootfs: &Path,
     opts: &Options,
     premounted: Vec<PreparedMount>,
     idmapped_root: Option<std::os::fd::OwnedFd>,
+    cgroup_gate: &dyn Fn() -> Result<(), RootfsError>,
 ) -> Result<(), RootfsError> {
     if !rootfs.is_absolute() {
         return Err(RootfsError::RootPath {
@@ -217,6 +220,7 @@ pub fn prepare_with_root(
         cgroupns,
         mountinfo: table,
         premounted,
+        cgroup_gate,
     };
     for (i, m) in spec_mounts.iter().enumerate() {
         mounts::mount_entry(&mut ctx, i, m)?;

@@ -39,6 +39,9 @@ pub(crate) struct Ctx<'a> {
     pub mountinfo: Option<Vec<MountEntry>>,
     /// ID-mapped trees built by the parent (see `idmap`).
     pub premounted: Vec<PreparedMount>,
+    /// Called before each `cgroup` mount: returns once the process is in the container's
+    /// cgroup (and, with a cgroup namespace, has unshared it), which that mount shows.
+    pub cgroup_gate: &'a dyn Fn() -> Result<(), RootfsError>,
 }
 
 impl Ctx<'_> {
@@ -100,6 +103,7 @@ pub(crate) fn mount_entry(ctx: &mut Ctx<'_>, index: usize, m: &Mount) -> Result<
                 dest: &dest,
                 fstype: "cgroup",
             };
+            (ctx.cgroup_gate)()?;
             cgroup(ctx, &dest, &parsed, &e)
         }
         Kind::Fs(t) => {
