@@ -8,14 +8,19 @@
 //! the v2 figures from inside a qemu guest (Debian's cloud kernel booted with
 //! `cgroup_no_v1=all`, runtime/tests/support/qemu_guest.rs) that runs this very binary.
 //! That guest runs under TCG (software emulation, no KVM): its absolute times are inflated.
-//! To put them in proportion the same guest kernel is booted a second time with v1
-//! hierarchies mounted as on this host, and the same measurement runs there too.
+//! To put them in proportion the same guest kernel is also booted with v1 hierarchies
+//! mounted as on this host and the same measurement runs there; boots of the two layouts
+//! alternate so that both see the same host load, and every place also times a getppid()
+//! loop, what emulation does to one system call. The guest prints its raw samples on the
+//! console (`BENCH|` lines); the host merges the boots of each layout and reports them.
 //!
 //! `cargo bench --bench cgroups` (host part as root; the guest part needs the kernel fixture,
 //! fixtures/kernel.sh, and qemu + cpio, fixtures/initramfs.sh). Environment:
-//! `VESSEL_BENCH_RUNS` (host runs, default 200), `VESSEL_BENCH_GUEST_RUNS` (runs in each
-//! guest, default 100), `VESSEL_BENCH_GUEST=0` (host only). Cgroups are made below the
-//! benchmark's own cgroup and removed after each run.
+//! `VESSEL_BENCH_RUNS` (host runs, default 200), `VESSEL_BENCH_GUEST_RUNS` (runs per guest
+//! layout, default 100), `VESSEL_BENCH_GUEST_ROUNDS` (boots per layout they are split over,
+//! default 2), `VESSEL_BENCH_GUEST=0` (host only). About 40 s on 2 cores. Without root the
+//! host part is skipped with a note; without the fixtures the guest part is, naming what is
+//! missing. Cgroups are made below the benchmark's own cgroup and removed after each run.
 
 #[path = "../runtime/tests/support/qemu_guest.rs"]
 mod qemu_guest;
