@@ -4,8 +4,9 @@
 //!
 //! Used where a test needs a kernel other than the host's: the cgroup v2 tests
 //! (src/cgroups/guest_vm.rs, a unified-only boot) and the CRIU memory-tracking tests
-//! (tests/criu.rs, a kernel with CONFIG_MEM_SOFT_DIRTY). Both include this file with
-//! `#[path]`, so it is compiled into each test binary; it is never part of the library.
+//! (tests/criu.rs, a kernel with CONFIG_MEM_SOFT_DIRTY), and the cgroup v2 half of
+//! benches/cgroups.rs. Each includes this file with `#[path]`, so it is compiled into each
+//! test or bench binary; it is never part of the library.
 #![allow(dead_code)] // each includer uses a different part
 
 use std::io::{BufRead, BufReader};
@@ -22,8 +23,16 @@ pub fn in_guest() -> bool {
     std::env::var_os(IN_GUEST_ENV).is_some()
 }
 
+/// The repository's fixtures/ (next to the including crate's manifest: the runtime crate's
+/// tests sit one level below the workspace root, the facade crate's benches at it).
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let here = manifest.join("fixtures");
+    if here.join("initramfs.sh").exists() {
+        here
+    } else {
+        manifest.join("../fixtures")
+    }
 }
 
 /// The fixture cache (`VESSEL_FIXTURES` overrides fixtures/.cache).
@@ -84,6 +93,7 @@ pub struct Guest {
     append: String,
     disk_mib: Option<u64>,
     timeout: Duration,
+    echo: bool,
 }
 
 /// What the guest printed on its console.
@@ -106,6 +116,7 @@ impl Guest {
             disk_mib: None,
             // Generous: a hung guest fails the test instead of hanging CI.
             timeout: Duration::from_secs(600),
+            echo: true,
         }
     }
 
@@ -147,6 +158,12 @@ impl Guest {
         self
     }
 
+    /// Do not echo the console as it arrives (the lines are still in [`GuestRun::lines`]).
+    pub fn quiet(mut self) -> Self {
+        self.echo = false;
+        self
+    }
+
     /// Attach a blank NVMe disk of this size (the driver is built into the cloud kernel).
     pub fn nvme_disk(mut self, mib: u64) -> Self {
         self.disk_mib = Some(mib);
@@ -173,28 +190,37 @@ impl Guest {
 
     /// Build the initramfs, boot the guest on `kernel` (from [`kernel()`]) and collect its
     /// console until the script reported its exit status (or the guest died, or timed out).
+    /// Panics if the guest cannot be started (see [`Guest::try_run`]).
     pub fn run(&self, kernel: &Path) -> GuestRun {
+        self.try_run(kernel).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Guest::run`], with Err(why) when the initramfs cannot be built or qemu not
+    /// started (for callers that report instead of panicking, like the benches).
+    pub fn try_run(&self, kernel: &Path) -> Result<GuestRun, String> {
         let tmp = tempfile::Builder::new()
             .prefix(&format!("vessel-guest-{}-", std::process::id()))
             .tempdir()
-            .unwrap();
+            .map_err(|e| format!("temporary directory: {e}"))?;
         let init = tmp.path().join("init");
-        std::fs::write(&init, self.init()).unwrap();
+        std::fs::write(&init, self.init()).map_err(|e| format!("{}: {e}", init.display()))?;
         let initrd = tmp.path().join("initrd.cpio.gz");
+        let script = fixtures_dir().join("initramfs.sh");
         let out = Command::new("bash")
-            .arg(fixtures_dir().join("initramfs.sh"))
+            .arg(&script)
             .arg(&initrd)
             .arg(&init)
             .args(&self.specs)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "initramfs.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "initramfs.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
 
         let mut qemu = Command::new("qemu-system-x86_64");
         qemu.args(["-accel", "tcg", "-nographic", "-no-reboot", "-smp", "1"])
@@ -203,9 +229,8 @@ impl Guest {
         if let Some(mib) = self.disk_mib {
             let disk = tmp.path().join("disk.img");
             std::fs::File::create(&disk)
-                .unwrap()
-                .set_len(mib << 20)
-                .unwrap();
+                .and_then(|f| f.set_len(mib << 20))
+                .map_err(|e| format!("{}: {e}", disk.display()))?;
             qemu.arg("-drive")
                 .arg(format!("file={},if=none,id=d0,format=raw", disk.display()))
                 .args(["-device", "nvme,drive=d0,serial=vessel0"]);
@@ -221,9 +246,9 @@ impl Guest {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap();
+            .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
         let mut child = KillOnDrop(child);
-        let out = child.0.stdout.take().unwrap();
+        let out = child.0.stdout.take().ok_or("qemu's stdout is not piped")?;
         let (tx, rx) = mpsc::channel::<String>();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
@@ -242,7 +267,9 @@ impl Guest {
             match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(l) => {
                     let l = l.trim_end_matches('\r').to_string();
-                    println!("guest| {l}");
+                    if self.echo {
+                        println!("guest| {l}");
+                    }
                     if let Some(code) = l.strip_prefix("VESSEL-GUEST-EXIT=") {
                         run.exit = code.trim().parse::<i32>().ok();
                     }
@@ -255,7 +282,7 @@ impl Guest {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        run
+        Ok(run)
     }
 }
 
