@@ -4,7 +4,11 @@
 //! Run with `cargo bench --bench oci_start` (as root, after `bash fixtures/all.sh` and
 //! `cargo build --release -p vessel-bins`). Options via the environment:
 //! `VESSEL_BENCH_RUNS` (default 50 per runtime and mode), `VESSEL_BENCH_COMPARE` (path of a
-//! second vessel binary, reported as `vessel-b`, for A/B comparisons of two builds).
+//! second vessel binary, reported as `vessel-b`, for A/B comparisons of two builds),
+//! `VESSEL_BENCH_GAP_MS` (pause before each measured command, default 100: a cgroup v1
+//! migration waits for an RCU grace period unless another one happened within about one
+//! grace period before, so without the pause one runtime would warm the lock for the next;
+//! with it, each starts cold, as a container start on a quiet host does).
 //!
 //! Two modes: `run` (one command, create+start+wait+delete) and `create+start+delete` as three
 //! separate commands. Runtimes are alternated run by run so that drift of the machine hits all
@@ -110,6 +114,12 @@ fn which(name: &str) -> Option<PathBuf> {
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let gap = Duration::from_millis(
+        std::env::var("VESSEL_BENCH_GAP_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100),
+    );
     let runs: usize = std::env::var("VESSEL_BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -202,6 +212,9 @@ fn main() {
         let mut samples: Vec<Vec<Sample>> = runtimes.iter().map(|_| Vec::new()).collect();
         for i in 0..runs {
             for (r, rt) in runtimes.iter().enumerate() {
+                // Start cold: a cgroup migration right before (by the previous runtime)
+                // would spare the next one the RCU grace period its own migration waits for.
+                std::thread::sleep(gap);
                 let root = work.path().join(format!("root-{}", rt.name));
                 let id = format!("bench-{}-{i}", rt.name);
                 let b = bundles[["vessel", "crun", "runc"]
