@@ -342,20 +342,7 @@ impl Container {
             _ => None,
         };
         let saved_pid_ns = enter_pid_ns_for_children(pid_ns.as_ref())?;
-        let mut born_in_v2 = false;
-        let forked = match self_join.as_ref().and_then(|s| s.v2_dir()) {
-            Some(dir) => match clone_into_cgroup(plan.clone_flags, dir) {
-                // A kernel without clone3 or CLONE_INTO_CGROUP: we move it afterwards.
-                Err(nix::Error::ENOSYS | nix::Error::E2BIG | nix::Error::EINVAL) => {
-                    clone(plan.clone_flags)
-                }
-                r => {
-                    born_in_v2 = r.is_ok();
-                    r
-                }
-            },
-            None => clone(plan.clone_flags),
-        };
+        let (forked, born_in_v2) = clone_child(plan.clone_flags, self_join.as_ref());
         if forked != Ok(Forked::Child) {
             restore_pid_ns_for_children(saved_pid_ns)?;
         }
@@ -402,10 +389,7 @@ impl Container {
         parent_ch.send(&Msg::Go(pid))?;
         if let Some(cg) = &cgroup {
             let joined = match &self_join {
-                Some(sj) if sj.v2_dir().is_some() && !born_in_v2 => {
-                    integration::cgroup_join_v2(cg, pid).map_err(ContainerError::from)
-                }
-                Some(_) => Ok(()),
+                Some(sj) => finish_self_join(cg, sj, born_in_v2, pid),
                 None => integration::cgroup_apply(cg, &spec, pid)
                     .map_err(ContainerError::from)
                     .and_then(|()| Ok(crate::userns::delegate_container_cgroup(cg, &spec)?)),
@@ -821,7 +805,20 @@ impl Container {
         // From the container's user namespace we may not go back to our pid namespace
         // (owned by the host's); this process forks nothing else, so it stays.
         let saved = saved.filter(|_| !joined_user);
-        let forked = clone(CloneFlags::empty());
+        // As in `create`, host root joins the cgroup from the child (not from inside the
+        // container's user namespace, where our cgroup writes could be refused).
+        let cgroup = self
+            .state
+            .cgroup
+            .as_ref()
+            .and_then(integration::cgroup_from_json);
+        let self_join = match &cgroup {
+            Some(cg) if nix::unistd::geteuid().is_root() && !joined_user => {
+                Some(integration::cgroup_self_join(cg)?)
+            }
+            _ => None,
+        };
+        let (forked, born_in_v2) = clone_child(CloneFlags::empty(), self_join.as_ref());
         if forked != Ok(Forked::Child) {
             restore_pid_ns_for_children(saved)?;
         }
@@ -842,7 +839,7 @@ impl Container {
                         ns_flags,
                         root: &root,
                     },
-                    self_join: None,
+                    self_join: self_join.as_ref(),
                 })
             }
             Forked::Parent(pid) => pid,
@@ -855,13 +852,10 @@ impl Container {
             e
         };
         let run = || -> Result<()> {
-            if let Some(cg) = self
-                .state
-                .cgroup
-                .as_ref()
-                .and_then(integration::cgroup_from_json)
-            {
-                integration::cgroup_join(&cg, pid)?;
+            match (&cgroup, &self_join) {
+                (Some(cg), Some(sj)) => finish_self_join(cg, sj, born_in_v2, pid)?,
+                (Some(cg), None) => integration::cgroup_join(cg, pid)?,
+                (None, _) => {}
             }
             parent_ch.send(&Msg::Go(pid))?;
             send_to_init(&parent_ch, &Msg::CgroupJoined)?;
@@ -925,6 +919,40 @@ fn expect_from_child(ch: &Channel, want: Msg) -> Result<()> {
 }
 
 /// Waits for `Ready`, forwarding a seccomp listener fd on the way.
+/// Clones the init or an exec'd process, straight into the cgroup2 cgroup of `sj` when
+/// it has one (`clone3`), else or on a kernel without `CLONE_INTO_CGROUP` with a plain
+/// clone. Also returns whether the child was born in that cgroup.
+fn clone_child(
+    flags: CloneFlags,
+    sj: Option<&integration::CgroupSelfJoin>,
+) -> (nix::Result<Forked>, bool) {
+    match sj.and_then(|s| s.v2_dir()) {
+        Some(dir) => match clone_into_cgroup(flags, dir) {
+            Err(nix::Error::ENOSYS | nix::Error::E2BIG | nix::Error::EINVAL) => {
+                (clone(flags), false)
+            }
+            r => {
+                let born = r.is_ok();
+                (r, born)
+            }
+        },
+        None => (clone(flags), false),
+    }
+}
+
+/// The parent's part of a self-join: the cgroup2 move when the clone could not do it.
+fn finish_self_join(
+    cg: &Cgroup,
+    sj: &integration::CgroupSelfJoin,
+    born_in_v2: bool,
+    pid: i32,
+) -> Result<()> {
+    if sj.v2_dir().is_some() && !born_in_v2 {
+        integration::cgroup_join_v2(cg, pid)?;
+    }
+    Ok(())
+}
+
 /// Sends `msg` to a child that may already have failed: its error message, queued before it
 /// exited, is then the error to report rather than the broken pipe.
 fn send_to_init(ch: &Channel, msg: &Msg) -> Result<()> {
