@@ -731,3 +731,39 @@ fn paused_before_start_resumes_to_created() {
     assert_eq!(env.state(&id)["status"], "running");
     delete_and_check_clean(&env, &id);
 }
+
+/// The init and an exec'd process sit in the container's cgroup in every hierarchy the
+/// container has (they join it themselves: born in the v2 cgroup, moving themselves into
+/// the v1 ones), and `ps` lists both.
+#[test]
+fn init_and_exec_process_are_in_every_container_cgroup() {
+    let Some(env) = setup("init_and_exec_process_are_in_every_container_cgroup") else {
+        return;
+    };
+    let id = common::unique_id("place");
+    env.write_config(&config(&env, "sleep 60", json!({"pids": {"limit": 64}})));
+    run_detached(&env, &id);
+    let init = env.state(&id)["pid"].as_i64().unwrap();
+    let out = env.vessel(&["exec", "--detach", &id, "sleep", "61"]);
+    assert!(out.status.success(), "exec: {}", stderr(&out));
+    let ps = env.vessel(&["ps", "--format", "json", &id]);
+    let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(pids.len(), 2, "ps: {pids:?}");
+    assert!(pids.contains(&init));
+    let dirs = cgroup_dirs(&id);
+    assert!(!dirs.is_empty());
+    for pid in pids {
+        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        for d in &dirs {
+            // /sys/fs/cgroup/<mount>/<path>: the line of that hierarchy ends with <path>.
+            let rel: PathBuf = d.components().skip(5).collect();
+            let rel = format!("/{}", rel.display());
+            assert!(
+                own.lines().any(|l| l.ends_with(&format!(":{rel}"))),
+                "pid {pid} is not in {}: {own}",
+                d.display()
+            );
+        }
+    }
+    delete_and_check_clean(&env, &id);
+}
