@@ -10,22 +10,27 @@
 //! default `fixtures/.cache/guest/vessel-test-guest`).
 //!
 //! * guest→tap: the guest's `net-blast=N net-len=L` sends N frames of L bytes back to back
-//!   (256 in flight). The host polls the tap's `rx_packets` counter every millisecond:
+//!   (256 in flight, at most one queue notification per batch and only when the device asked
+//!   for it: see fixtures/guest/src/kick.rs). The host polls the tap's `rx_packets` counter every millisecond:
 //!   frames/s = frames counted between the first and the last change / time between them.
 //!   The guest's own TSC figure (first submission to last completion) is shown alongside.
 //! * tap→guest: the guest's `net-sink=N` keeps 256 receive buffers posted and counts test
-//!   frames. The host writes N frames into the tap through an AF_PACKET socket, keeping at
+//!   frames, reposting buffers NAPI-style (up to 64 per kick). The host writes N frames into the
+//!   tap through an AF_PACKET socket (sendmmsg, up to 64 per call), keeping at
 //!   most [`WINDOW`] frames not yet read by the VMM (the tap's `tx_packets` counts frames the
 //!   VMM read) so the tap's 1000-frame queue never overflows; frames/s = frames the guest
 //!   counted / guest TSC time from the first to the last (TSC rate calibrated on the host:
 //!   KVM guests see the host TSC). Drops = N - counted.
 //!
 //! `VMM wake-ups/frame` is the VMM process's voluntary context switches (wait4 rusage, all
-//! threads) per frame: about one per queue kick or event the VMM had to wake up for, the
-//! main per-frame cost on this host (a KVM exit costs ~20–130 µs under nested kvm_pvm).
+//! threads) per frame: about one per queue kick or event the VMM had to wake up for (a KVM
+//! exit costs ~20–130 µs under nested kvm_pvm). `VMM CPU µs/frame` is the CPU time of the
+//! VMM's threads other than the vCPU threads (device emulation, event loop and the tap
+//! syscalls, from /proc/PID/task/*/schedstat) over the measured window, per frame: the
+//! VMM's own cost, which unlike frames/s hardly depends on what else the host runs.
 //!
 //! Each line is the median (p10..p90) over the runs; the last lines give vessel/qemu ratios
-//! against the target (vessel frames/s ≥ 1.5 × qemu's).
+//! against the target (vessel frames/s ≥ 1.5 × qemu's) and of the VMM CPU per frame.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

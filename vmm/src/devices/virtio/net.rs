@@ -8,6 +8,14 @@
 //! happens on the event loop thread; nothing here spins or starts threads.
 //!
 //! Queue 0 is receive (backend -> guest), queue 1 transmit (guest -> backend).
+//!
+//! Per wake-up the device does as much as there is: transmit drains every published chain
+//! (up to [`BUDGET`] before yielding to the event loop), writing each frame with one writev(2)
+//! straight from guest memory; receive reads the backend until it would block or the guest's
+//! buffers run out. The avail index is read once per batch and the used index published once
+//! per batch ([`super::ring`]), then at most one interrupt is raised, only if the driver asked
+//! for it (EVENT_IDX `used_event`, or no VRING_AVAIL_F_NO_INTERRUPT). With EVENT_IDX the driver
+//! is asked to kick again (`avail_event`) only once the ring is drained.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -51,7 +59,7 @@ const MIN_RX_FRAME_LEN: usize = VNET_HDR_LEN + 14;
 /// Consecutive read errors after which the backend is considered dead.
 const MAX_READ_ERRORS: u32 = 64;
 /// Frames handled per event before yielding to the event loop.
-const BUDGET: usize = 128;
+pub const BUDGET: usize = 128;
 
 const TAG_CONTROL: u32 = 0;
 const TAG_RX_QUEUE: u32 = 1;
