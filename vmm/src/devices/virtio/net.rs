@@ -171,10 +171,18 @@ fn writev_guest(
             iov_len: slice.len(),
         });
     }
-    let count = libc::c_int::try_from(iov.0.len()).ok()?;
-    // SAFETY: every iovec points into guest memory that `mem` keeps mapped for the duration
-    // of the call, with the length get_slice checked; writev only reads from them.
-    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.0.as_ptr(), count) };
+    let n = if let [one] = iov.0[..] {
+        // One buffer (header and frame together, as most drivers send small frames): write(2)
+        // skips writev's iovec import.
+        // SAFETY: `one` points into guest memory that `mem` keeps mapped for the duration of
+        // the call, with the length get_slice checked; write only reads from it.
+        unsafe { libc::write(fd.as_raw_fd(), one.iov_base, one.iov_len) }
+    } else {
+        let count = libc::c_int::try_from(iov.0.len()).ok()?;
+        // SAFETY: every iovec points into guest memory that `mem` keeps mapped for the
+        // duration of the call, with the length get_slice checked; writev only reads them.
+        unsafe { libc::writev(fd.as_raw_fd(), iov.0.as_ptr(), count) }
+    };
     Some(if n < 0 {
         Err(io::Error::last_os_error())
     } else {
