@@ -143,7 +143,16 @@ impl Harness {
     /// A device built from `cfg`; `host_side` prepares the host network once the backend is
     /// open and returns the interface index the AF_PACKET peer socket binds to.
     fn with_config(cfg: &NetConfig, host_side: impl FnOnce() -> u32) -> Self {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        Self::with_memory(cfg, &[(GuestAddress(0), MEM_SIZE)], host_side)
+    }
+
+    /// [`Harness::with_config`] over guest memory made of `ranges`.
+    fn with_memory(
+        cfg: &NetConfig,
+        ranges: &[(GuestAddress, usize)],
+        host_side: impl FnOnce() -> u32,
+    ) -> Self {
+        let mem = GuestMemoryMmap::from_ranges(ranges).unwrap();
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let dev = VirtioMmioNet::new(cfg, mem.clone(), irq.try_clone().unwrap()).unwrap();
         let peer = PacketSocket::bind(host_side()).unwrap();
@@ -1705,4 +1714,38 @@ fn rx_batch_runs_out_of_buffers_midway_and_resumes() {
     }
     assert_eq!(got, frames);
     assert_eq!(h.metrics().rx_dropped, 0);
+}
+
+#[test]
+fn tx_buffer_spanning_two_memory_regions_is_copied_not_dropped() {
+    if crate::net::testutil::skip_without_tap(
+        "tx_buffer_spanning_two_memory_regions_is_copied_not_dropped",
+    ) {
+        return;
+    }
+    // Two adjacent regions (two host mappings): a buffer across the boundary cannot be
+    // written straight from guest memory with one iovec, so the device copies it first.
+    let name = unique_ifname("vn");
+    let cfg = NetConfig {
+        backend: NetBackend::Tap { name: name.clone() },
+        mac: None,
+    };
+    let half = MEM_SIZE / 2;
+    let ranges = [(GuestAddress(0), half), (GuestAddress(half as u64), half)];
+    let mut h = Harness::with_memory(&cfg, &ranges, || {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        netlink::set_link_up(&name, true).unwrap();
+        netlink::link_index(&name).unwrap()
+    });
+    h.start(BASE_FEATURES);
+    let f = test_frame(0x6a, 400);
+    let at = half as u64 - 100;
+    stage_tx(&h, at, &f);
+    h.txq
+        .add_chain(&h.mem, &[(at, (VNET_HDR_LEN + f.len()) as u32, 0)]);
+    h.kick(1);
+    assert!(h.run_until(|h| h.txq.used_idx(&h.mem) == 1));
+    assert_eq!(h.peer.recv_matching(&f[12..20]).unwrap(), f);
+    let m = h.metrics();
+    assert_eq!((m.tx_frames, m.invalid_descriptors), (1, 0));
 }
