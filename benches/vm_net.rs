@@ -661,8 +661,14 @@ fn main() {
     for dir in [Dir::GuestToTap, Dir::TapToGuest] {
         for len in [64usize, 1514] {
             let mut samples: Vec<Vec<Sample>> = vmms.iter().map(|_| Vec::new()).collect();
-            for _ in 0..runs {
-                for (i, vmm) in vmms.iter().enumerate() {
+            for run in 0..runs {
+                // Alternate which VMM goes first, so a load change on the host does not
+                // always hit the same one.
+                let mut order: Vec<(usize, &Vmm)> = vmms.iter().enumerate().collect();
+                if run % 2 == 1 {
+                    order.reverse();
+                }
+                for (i, vmm) in order {
                     let r = match dir {
                         Dir::GuestToTap => guest_to_tap(&env, *vmm, &tap, n, len),
                         Dir::TapToGuest => tap_to_guest(&env, *vmm, &tap, n, len),
