@@ -31,6 +31,7 @@ pub mod config;
 pub mod metrics;
 pub mod mmio;
 pub mod net;
+pub mod ring;
 
 pub use config::{MacAddr, NetBackend, NetConfig};
 pub use metrics::{NetMetrics, NetMetricsSnapshot};

@@ -8,9 +8,17 @@
 //! happens on the event loop thread; nothing here spins or starts threads.
 //!
 //! Queue 0 is receive (backend -> guest), queue 1 transmit (guest -> backend).
+//!
+//! Per wake-up the device does as much as there is: transmit drains every published chain
+//! (up to [`BUDGET`] before yielding to the event loop), writing each frame with one writev(2)
+//! straight from guest memory; receive reads the backend until it would block or the guest's
+//! buffers run out. The avail index is read once per batch and the used index published once
+//! per batch ([`super::ring`]), then at most one interrupt is raised, only if the driver asked
+//! for it (EVENT_IDX `used_event`, or no VRING_AVAIL_F_NO_INTERRUPT). With EVENT_IDX the driver
+//! is asked to kick again (`avail_event`) only once the ring is drained.
 
 use std::io;
-use std::num::Wrapping;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,14 +27,15 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_bindings::virtio_net::*;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::chain::{self, Segment};
 use super::metrics::{NetMetrics, NetMetricsSnapshot};
 use super::mmio::{Action, MmioTransport, CONFIG_SPACE_OFFSET};
+use super::ring::{self, Avail, UsedBatch};
 use super::{MacAddr, NetBackend, NetConfig};
 use crate::devices::BusDevice;
 use crate::net::tap::{offload, Tap, TapError, VNET_HDR_LEN};
@@ -50,7 +59,7 @@ const MIN_RX_FRAME_LEN: usize = VNET_HDR_LEN + 14;
 /// Consecutive read errors after which the backend is considered dead.
 const MAX_READ_ERRORS: u32 = 64;
 /// Frames handled per event before yielding to the event loop.
-const BUDGET: usize = 128;
+pub const BUDGET: usize = 128;
 
 const TAG_CONTROL: u32 = 0;
 const TAG_RX_QUEUE: u32 = 1;
@@ -127,7 +136,58 @@ pub struct VirtioMmioNet {
     segs: Vec<Segment>,
     rx_segs: Vec<Segment>,
     rx_chains: Vec<(u16, usize, usize)>,
+    /// Receive chains known to be published beyond `next_avail` (the avail index is read
+    /// again only when they are used up).
+    rx_avail: u16,
+    /// Used elements not yet published, per queue.
+    used: [UsedBatch; 2],
+    /// iovecs of the frame being transmitted (pointers into guest memory).
+    tx_iov: IovecBuf,
     metrics: Arc<NetMetrics>,
+}
+
+/// Reused storage for the iovecs of one transmitted frame.
+#[derive(Default)]
+struct IovecBuf(Vec<libc::iovec>);
+
+// SAFETY: the pointers are only written and passed to writev(2) within one `tx_loop` call,
+// while the guest memory they point into is borrowed; nothing dereferences them later, so
+// moving the (stale) buffer to another thread is harmless.
+unsafe impl Send for IovecBuf {}
+
+/// Write one frame from guest memory to `fd` with a single writev(2), without copying it.
+/// `None` if a segment is not one contiguous host mapping (the caller copies instead).
+fn writev_guest(
+    fd: &impl AsRawFd,
+    mem: &GuestMemoryMmap,
+    segs: &[Segment],
+    iov: &mut IovecBuf,
+) -> Option<io::Result<usize>> {
+    iov.0.clear();
+    for seg in segs {
+        let slice = mem.get_slice(seg.addr, seg.len as usize).ok()?;
+        iov.0.push(libc::iovec {
+            iov_base: slice.ptr_guard().as_ptr().cast_mut().cast(),
+            iov_len: slice.len(),
+        });
+    }
+    let n = if let [one] = iov.0[..] {
+        // One buffer (header and frame together, as most drivers send small frames): write(2)
+        // skips writev's iovec import.
+        // SAFETY: `one` points into guest memory that `mem` keeps mapped for the duration of
+        // the call, with the length get_slice checked; write only reads from it.
+        unsafe { libc::write(fd.as_raw_fd(), one.iov_base, one.iov_len) }
+    } else {
+        let count = libc::c_int::try_from(iov.0.len()).ok()?;
+        // SAFETY: every iovec points into guest memory that `mem` keeps mapped for the
+        // duration of the call, with the length get_slice checked; writev only reads them.
+        unsafe { libc::writev(fd.as_raw_fd(), iov.0.as_ptr(), count) }
+    };
+    Some(if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    })
 }
 
 fn bit(b: u32) -> u64 {
@@ -215,6 +275,9 @@ impl VirtioMmioNet {
             segs: Vec::with_capacity(16),
             rx_segs: Vec::with_capacity(64),
             rx_chains: Vec::with_capacity(32),
+            rx_avail: 0,
+            used: [UsedBatch::default(); 2],
+            tx_iov: IovecBuf(Vec::with_capacity(16)),
             metrics: Arc::new(NetMetrics::default()),
         })
     }
@@ -320,6 +383,8 @@ impl VirtioMmioNet {
         self.rx_blocked = false;
         self.tx_blocked = false;
         self.rx_frame_len = 0;
+        self.rx_avail = 0;
+        self.used = [UsedBatch::default(); 2];
         if !valid {
             self.enter_needs_reset();
             return;
@@ -353,6 +418,8 @@ impl VirtioMmioNet {
         self.broken = false;
         self.queues.clear();
         self.rx_frame_len = 0;
+        self.rx_avail = 0;
+        self.used = [UsedBatch::default(); 2];
         self.rx_blocked = false;
         self.tx_blocked = false;
         let _ = self.backend.set_offload(0);
@@ -450,32 +517,18 @@ impl VirtioMmioNet {
         }
     }
 
-    /// Whether the driver published more chains than the queue holds (a broken driver).
-    fn avail_overrun(q: &Queue, mem: &GuestMemoryMmap) -> bool {
-        match q.avail_idx(mem, Ordering::Acquire) {
-            Ok(idx) => (idx - Wrapping(q.next_avail())).0 > q.size(),
-            Err(_) => true,
-        }
-    }
-
+    /// Publish the queue's used elements (one used-index store for the batch), then
+    /// interrupt if the driver asked for it (EVENT_IDX `used_event`, or no
+    /// VRING_AVAIL_F_NO_INTERRUPT without it).
     fn signal_used(&mut self, queue: usize) {
-        let Some(q) = self.queues.get_mut(queue) else {
+        let Some(q) = self.queues.get(queue) else {
             return;
         };
-        if !q.event_idx_enabled() {
-            // virtio-queue ignores VRING_AVAIL_F_NO_INTERRUPT; honour it (the Linux driver
-            // sets it while it polls) to spare needless interrupts.
-            let flags: Result<u16, _> = self.mem.read_obj(GuestAddress(q.avail_ring()));
-            match flags {
-                Ok(f) if u16::from_le(f) & VRING_AVAIL_F_NO_INTERRUPT as u16 != 0 => return,
-                Ok(_) => {}
-                Err(_) => {
-                    self.enter_needs_reset();
-                    return;
-                }
-            }
-        }
-        match q.needs_notification(&self.mem) {
+        let used = &mut self.used[queue];
+        let res = used
+            .publish(q, &self.mem)
+            .and_then(|()| used.needs_interrupt(q, &self.mem));
+        match res {
             Ok(true) => self.signal(VIRTIO_MMIO_INT_VRING),
             Ok(false) => {}
             Err(_) => self.enter_needs_reset(),
@@ -547,7 +600,8 @@ impl VirtioMmioNet {
         res
     }
 
-    /// Try to place the frame in `rx_frame` into the receive queue.
+    /// Try to place the frame in `rx_frame` into the receive queue (its used elements are
+    /// published by [`Self::signal_used`]).
     fn deliver_rx_frame(&mut self, used_any: &mut bool) -> Rx {
         let mrg = self.has(VIRTIO_NET_F_MRG_RXBUF);
         let Self {
@@ -558,15 +612,15 @@ impl VirtioMmioNet {
             segs,
             rx_segs,
             rx_chains,
+            rx_avail,
+            used,
             metrics,
             ..
         } = self;
+        let used = &mut used[RX_QUEUE];
         let Some(q) = queues.get_mut(RX_QUEUE) else {
             return Rx::Broken;
         };
-        if Self::avail_overrun(q, mem) {
-            return Rx::Broken;
-        }
         let frame_len = *rx_frame_len;
         let qsize = q.size();
         let desc_table = GuestAddress(q.desc_table());
@@ -575,14 +629,24 @@ impl VirtioMmioNet {
         rx_chains.clear();
         rx_segs.clear();
         while cap < frame_len as u64 {
-            let Some(chain) = q.pop_descriptor_chain(&*mem) else {
-                q.set_next_avail(start);
-                return Rx::NoBuffers;
-            };
-            let head = chain.head_index();
-            if head >= qsize {
-                return Rx::Broken;
+            if *rx_avail == 0 {
+                // Read the avail index only when the chains known to be there are used up.
+                match Avail::snapshot(q, mem) {
+                    Ok(a) => *rx_avail = a.pending,
+                    Err(_) => return Rx::Broken,
+                }
+                if *rx_avail == 0 {
+                    // The chains taken for this frame are pending again.
+                    q.set_next_avail(start);
+                    *rx_avail = rx_chains.len() as u16;
+                    return Rx::NoBuffers;
+                }
             }
+            let head = match ring::take_head(q, mem) {
+                Ok(h) => h,
+                Err(_) => return Rx::Broken,
+            };
+            *rx_avail -= 1;
             match chain::walk(
                 mem,
                 desc_table,
@@ -603,11 +667,11 @@ impl VirtioMmioNet {
                     // no chain is both pending and used; the frame waits for good buffers.
                     NetMetrics::add(&metrics.invalid_descriptors, 1);
                     for &(h, _, _) in rx_chains.iter() {
-                        if q.add_used(&*mem, h, 0).is_err() {
+                        if used.push(q, mem, h, 0).is_err() {
                             return Rx::Broken;
                         }
                     }
-                    if q.add_used(&*mem, head, 0).is_err() {
+                    if used.push(q, mem, head, 0).is_err() {
                         return Rx::Broken;
                     }
                     *used_any = true;
@@ -621,6 +685,7 @@ impl VirtioMmioNet {
             let all_taken = rx_chains.len() >= usize::from(qsize);
             if cap < frame_len as u64 && (!mrg || all_taken) {
                 // It can never fit: drop the frame, leave the buffers to the next one.
+                *rx_avail += rx_chains.len() as u16;
                 q.set_next_avail(start);
                 return Rx::Dropped;
             }
@@ -642,7 +707,7 @@ impl VirtioMmioNet {
                 off += n;
                 written += n as u32;
             }
-            if q.add_used(&*mem, head, written).is_err() {
+            if used.push(q, mem, head, written).is_err() {
                 return Rx::Broken;
             }
         }
@@ -666,7 +731,8 @@ impl VirtioMmioNet {
         }
     }
 
-    /// The transmit loop; returns true if the driver broke the queue.
+    /// The transmit loop; returns true if the driver broke the queue. Reads the avail index
+    /// once per batch and leaves the used elements for [`Self::signal_used`] to publish.
     fn tx_loop(&mut self, used_any: &mut bool) -> bool {
         let Self {
             queues,
@@ -677,8 +743,11 @@ impl VirtioMmioNet {
             metrics,
             tx_blocked,
             queue_evts,
+            used,
+            tx_iov,
             ..
         } = self;
+        let used = &mut used[TX_QUEUE];
         let Some(q) = queues.get_mut(TX_QUEUE) else {
             return true;
         };
@@ -690,51 +759,66 @@ impl VirtioMmioNet {
                 return true;
             }
             loop {
-                if budget == 0 {
-                    let _ = queue_evts[TX_QUEUE].write(1);
-                    return false;
-                }
-                if Self::avail_overrun(q, mem) {
+                let Ok(avail) = Avail::snapshot(q, mem) else {
                     return true;
-                }
-                let Some(chain) = q.pop_descriptor_chain(&*mem) else {
-                    break;
                 };
-                budget -= 1;
-                let head = chain.head_index();
-                if head >= qsize {
-                    return true;
+                if avail.pending == 0 {
+                    break;
                 }
-                match chain::walk(mem, desc_table, qsize, head, false, MAX_TX_CHAIN_LEN, segs) {
-                    Ok(total) if total >= VNET_HDR_LEN as u64 => {
-                        let mut off = 0usize;
-                        for seg in segs.iter() {
-                            let end = off + seg.len as usize;
-                            if mem.read_slice(&mut tx_frame[off..end], seg.addr).is_err() {
-                                return true;
-                            }
-                            off = end;
-                        }
-                        match backend.write(&tx_frame[..off]) {
-                            Ok(_) => {
-                                NetMetrics::add(&metrics.tx_frames, 1);
-                                NetMetrics::add(&metrics.tx_bytes, (off - VNET_HDR_LEN) as u64);
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                // Retry this chain when the backend is writable again.
-                                q.set_next_avail(q.next_avail().wrapping_sub(1));
-                                *tx_blocked = true;
-                                return false;
-                            }
-                            Err(_) => NetMetrics::add(&metrics.tx_dropped, 1),
-                        }
+                for _ in 0..avail.pending {
+                    if budget == 0 {
+                        let _ = queue_evts[TX_QUEUE].write(1);
+                        return false;
                     }
-                    _ => NetMetrics::add(&metrics.invalid_descriptors, 1),
+                    budget -= 1;
+                    let Ok(head) = ring::take_head(q, mem) else {
+                        return true;
+                    };
+                    match chain::walk(mem, desc_table, qsize, head, false, MAX_TX_CHAIN_LEN, segs) {
+                        Ok(total) if total >= VNET_HDR_LEN as u64 => {
+                            let res = match writev_guest(backend, mem, segs, tx_iov) {
+                                Some(r) => r,
+                                None => {
+                                    // Not one host mapping per segment: copy, then write.
+                                    let mut off = 0usize;
+                                    for seg in segs.iter() {
+                                        let end = off + seg.len as usize;
+                                        if mem
+                                            .read_slice(&mut tx_frame[off..end], seg.addr)
+                                            .is_err()
+                                        {
+                                            return true;
+                                        }
+                                        off = end;
+                                    }
+                                    backend.write(&tx_frame[..off])
+                                }
+                            };
+                            match res {
+                                Ok(_) => {
+                                    NetMetrics::add(&metrics.tx_frames, 1);
+                                    NetMetrics::add(&metrics.tx_bytes, total - VNET_HDR_LEN as u64);
+                                }
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                    // Retry this chain when the backend is writable again.
+                                    q.set_next_avail(q.next_avail().wrapping_sub(1));
+                                    *tx_blocked = true;
+                                    return false;
+                                }
+                                Err(_) => NetMetrics::add(&metrics.tx_dropped, 1),
+                            }
+                        }
+                        _ => NetMetrics::add(&metrics.invalid_descriptors, 1),
+                    }
+                    if used.push(q, mem, head, 0).is_err() {
+                        return true;
+                    }
+                    *used_any = true;
                 }
-                if q.add_used(&*mem, head, 0).is_err() {
+                // Let a polling driver reclaim this batch while the next one is read.
+                if used.publish(q, mem).is_err() {
                     return true;
                 }
-                *used_any = true;
             }
             match q.enable_notification(&*mem) {
                 Ok(true) => continue,

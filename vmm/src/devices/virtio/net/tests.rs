@@ -143,7 +143,16 @@ impl Harness {
     /// A device built from `cfg`; `host_side` prepares the host network once the backend is
     /// open and returns the interface index the AF_PACKET peer socket binds to.
     fn with_config(cfg: &NetConfig, host_side: impl FnOnce() -> u32) -> Self {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        Self::with_memory(cfg, &[(GuestAddress(0), MEM_SIZE)], host_side)
+    }
+
+    /// [`Harness::with_config`] over guest memory made of `ranges`.
+    fn with_memory(
+        cfg: &NetConfig,
+        ranges: &[(GuestAddress, usize)],
+        host_side: impl FnOnce() -> u32,
+    ) -> Self {
+        let mem = GuestMemoryMmap::from_ranges(ranges).unwrap();
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let dev = VirtioMmioNet::new(cfg, mem.clone(), irq.try_clone().unwrap()).unwrap();
         let peer = PacketSocket::bind(host_side()).unwrap();
@@ -1526,4 +1535,217 @@ fn rx_interrupts_follow_used_event() {
     h.peer.send(&f2).unwrap();
     h.wait_rx(&f2[12..20], &mut from);
     assert_eq!(h.irq_count(), 1);
+}
+
+// ----- batches: many chains per kick, malicious chains among them -----
+
+/// Put `hdr + frame` at `at` without publishing it.
+fn stage_tx(h: &Harness, at: u64, frame: &[u8]) {
+    h.mem
+        .write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(at))
+        .unwrap();
+    h.mem
+        .write_slice(frame, GuestAddress(at + VNET_HDR_LEN as u64))
+        .unwrap();
+}
+
+#[test]
+fn tx_batch_with_malicious_chains_in_the_middle() {
+    if crate::net::testutil::skip_without_tap("tx_batch_with_malicious_chains_in_the_middle") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES);
+    let good: Vec<Vec<u8>> = (0..3).map(|i| test_frame(0x60 + i, 120)).collect();
+    let len = (VNET_HDR_LEN + 120) as u32;
+    let mut heads = Vec::new();
+    stage_tx(&h, TX_BUF_BASE, &good[0]);
+    heads.push(h.txq.add_chain(&h.mem, &[(TX_BUF_BASE, len, 0)]));
+    // Outside guest memory.
+    heads.push(h.txq.add_chain(&h.mem, &[(MEM_SIZE as u64 - 8, 64, 0)]));
+    stage_tx(&h, TX_BUF_BASE + 0x1000, &good[1]);
+    heads.push(h.txq.add_chain(&h.mem, &[(TX_BUF_BASE + 0x1000, len, 0)]));
+    // Device-writable (wrong direction for TX).
+    heads.push(h.txq.add_chain(
+        &h.mem,
+        &[(TX_BUF_BASE + 0x2000, 64, VRING_DESC_F_WRITE as u16)],
+    ));
+    // Shorter than the virtio-net header.
+    heads.push(h.txq.add_chain(&h.mem, &[(TX_BUF_BASE + 0x3000, 4, 0)]));
+    stage_tx(&h, TX_BUF_BASE + 0x4000, &good[2]);
+    heads.push(h.txq.add_chain(&h.mem, &[(TX_BUF_BASE + 0x4000, len, 0)]));
+    // One kick for the whole batch.
+    h.kick(1);
+    assert!(h.run_until(|h| h.txq.used_idx(&h.mem) == 6));
+    for (i, head) in heads.iter().enumerate() {
+        assert_eq!(h.txq.used_elem(&h.mem, i as u16), (u32::from(*head), 0));
+    }
+    for f in &good {
+        assert_eq!(h.peer.recv_matching(&f[12..20]).unwrap(), *f);
+    }
+    let m = h.metrics();
+    assert_eq!((m.tx_frames, m.invalid_descriptors), (3, 3));
+    assert_eq!(h.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    assert!(h.irq_count() >= 1);
+    assert_tx_works(&mut h, TX_BUF_BASE + 0x8000);
+}
+
+#[test]
+fn tx_batch_bad_head_after_good_frames_needs_reset() {
+    if crate::net::testutil::skip_without_tap("tx_batch_bad_head_after_good_frames_needs_reset") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES);
+    let f = test_frame(0x66, 100);
+    stage_tx(&h, TX_BUF_BASE, &f);
+    h.txq
+        .add_chain(&h.mem, &[(TX_BUF_BASE, (VNET_HDR_LEN + 100) as u32, 0)]);
+    h.txq.push_avail(&h.mem, 256);
+    h.kick(1);
+    assert!(h.run_until(|h| h.status() & VIRTIO_CONFIG_S_NEEDS_RESET != 0));
+    // The frame before the bad head went out; nothing after it is processed.
+    assert_eq!(h.peer.recv_matching(&f[12..20]).unwrap(), f);
+    assert_needs_reset(&mut h);
+    assert_recovers(&mut h);
+}
+
+#[test]
+fn tx_batch_avail_index_beyond_the_ring_in_a_later_batch() {
+    if crate::net::testutil::skip_without_tap(
+        "tx_batch_avail_index_beyond_the_ring_in_a_later_batch",
+    ) {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES);
+    assert_tx_works(&mut h, TX_BUF_BASE);
+    // The driver claims 300 new chains in a 256-entry ring.
+    let bogus = h.txq.avail_idx.wrapping_add(300);
+    h.mem
+        .write_obj(bogus.to_le(), GuestAddress(h.txq.avail + 2))
+        .unwrap();
+    h.kick(1);
+    assert!(h.run_until(|h| h.status() & VIRTIO_CONFIG_S_NEEDS_RESET != 0));
+    assert_needs_reset(&mut h);
+    assert_recovers(&mut h);
+}
+
+#[test]
+fn rx_batch_fills_many_chains_around_a_malicious_one() {
+    if crate::net::testutil::skip_without_tap("rx_batch_fills_many_chains_around_a_malicious_one") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(BASE_FEATURES);
+    // Frames wait in the tap before any buffer exists, so one pass takes them all.
+    let frames: Vec<Vec<u8>> = (0..4)
+        .map(|i| test_frame(0x70 + i, 200 + 50 * i as usize))
+        .collect();
+    for f in &frames {
+        h.peer.send(f).unwrap();
+    }
+    h.settle();
+    assert_eq!(h.rxq.used_idx(&h.mem), 0);
+    // good, read-only (invalid for RX), outside memory, good x3 — one kick.
+    let i = u64::from(h.rxq.next_desc);
+    let w = VRING_DESC_F_WRITE as u16;
+    h.rxq
+        .add_chain(&h.mem, &[(RX_BUF_BASE + i * 0x1_0000, 2048, w)]);
+    let bad1 = h.rxq.add_chain(&h.mem, &[(RX_BUF_BASE, 2048, 0)]);
+    let bad2 = h.rxq.add_chain(&h.mem, &[(MEM_SIZE as u64 - 16, 2048, w)]);
+    for _ in 0..3 {
+        let i = u64::from(h.rxq.next_desc);
+        h.rxq
+            .add_chain(&h.mem, &[(RX_BUF_BASE + i * 0x1_0000, 2048, w)]);
+    }
+    h.kick(0);
+    assert!(h.run_until(|h| h.rxq.used_idx(&h.mem) >= 6));
+    let mut got = Vec::new();
+    let mut bad_seen = Vec::new();
+    for k in 0..6u16 {
+        let (id, len) = h.rxq.used_elem(&h.mem, k);
+        if id == u32::from(bad1) || id == u32::from(bad2) {
+            assert_eq!(len, 0, "an invalid chain was written to");
+            bad_seen.push(id);
+            continue;
+        }
+        let (_, frame, n) = h.read_rx(k);
+        assert_eq!(n, 1);
+        got.push(frame);
+    }
+    assert_eq!(bad_seen.len(), 2);
+    // Every test frame arrived, in order (the tap may carry other traffic in between).
+    let ours: Vec<&Vec<u8>> = got.iter().filter(|g| frames.contains(g)).collect();
+    assert_eq!(ours, frames.iter().collect::<Vec<_>>());
+    assert_eq!(h.metrics().invalid_descriptors, 2);
+    assert_eq!(h.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+}
+
+#[test]
+fn rx_batch_runs_out_of_buffers_midway_and_resumes() {
+    if crate::net::testutil::skip_without_tap("rx_batch_runs_out_of_buffers_midway_and_resumes") {
+        return;
+    }
+    let mut h = Harness::new();
+    h.start(1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX);
+    let frames: Vec<Vec<u8>> = (0..5).map(|i| test_frame(0x78 + i, 300)).collect();
+    h.post_rx(2, 2048);
+    h.settle();
+    for f in &frames {
+        h.peer.send(f).unwrap();
+    }
+    assert!(h.run_until(|h| h.rxq.used_idx(&h.mem) == 2));
+    h.settle();
+    assert_eq!(h.rxq.used_idx(&h.mem), 2, "used more chains than posted");
+    // The device asked to be told about the next buffer, then takes the rest.
+    assert_eq!(h.rxq.avail_event(&h.mem), 2);
+    h.post_rx(8, 2048);
+    let mut from = 0;
+    let mut got = Vec::new();
+    while got.len() < frames.len() {
+        let start = from;
+        assert!(h.run_until(|h| h.rxq.used_idx(&h.mem) != start));
+        let (_, frame, n) = h.read_rx(from);
+        from = from.wrapping_add(n);
+        if frames.contains(&frame) {
+            got.push(frame);
+        }
+    }
+    assert_eq!(got, frames);
+    assert_eq!(h.metrics().rx_dropped, 0);
+}
+
+#[test]
+fn tx_buffer_spanning_two_memory_regions_is_copied_not_dropped() {
+    if crate::net::testutil::skip_without_tap(
+        "tx_buffer_spanning_two_memory_regions_is_copied_not_dropped",
+    ) {
+        return;
+    }
+    // Two adjacent regions (two host mappings): a buffer across the boundary cannot be
+    // written straight from guest memory with one iovec, so the device copies it first.
+    let name = unique_ifname("vn");
+    let cfg = NetConfig {
+        backend: NetBackend::Tap { name: name.clone() },
+        mac: None,
+    };
+    let half = MEM_SIZE / 2;
+    let ranges = [(GuestAddress(0), half), (GuestAddress(half as u64), half)];
+    let mut h = Harness::with_memory(&cfg, &ranges, || {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        netlink::set_link_up(&name, true).unwrap();
+        netlink::link_index(&name).unwrap()
+    });
+    h.start(BASE_FEATURES);
+    let f = test_frame(0x6a, 400);
+    let at = half as u64 - 100;
+    stage_tx(&h, at, &f);
+    h.txq
+        .add_chain(&h.mem, &[(at, (VNET_HDR_LEN + f.len()) as u32, 0)]);
+    h.kick(1);
+    assert!(h.run_until(|h| h.txq.used_idx(&h.mem) == 1));
+    assert_eq!(h.peer.recv_matching(&f[12..20]).unwrap(), f);
+    let m = h.metrics();
+    assert_eq!((m.tx_frames, m.invalid_descriptors), (1, 0));
 }
