@@ -66,6 +66,9 @@ fn runtime_state_left(root: &Path, id: &str) -> bool {
 struct Podman {
     dir: tempfile::TempDir,
     cgroup_parent: String,
+    /// Directory put first in PATH: podman checks CRIU's version itself and vessel finds
+    /// `criu` there, like runc.
+    criu_dir: Option<PathBuf>,
 }
 
 impl Podman {
@@ -106,6 +109,7 @@ vessel = ["{rt}"]
         let p = Podman {
             dir,
             cgroup_parent: own_cgroup_child(&format!("vessel-podman-{}", std::process::id())),
+            criu_dir: None,
         };
         let rootfs = common::fixtures().join("busybox/rootfs");
         let out = Command::new("sh")
@@ -122,13 +126,43 @@ vessel = ["{rt}"]
     }
 
     fn env(&self) -> Vec<(&'static str, PathBuf)> {
-        vec![
+        let mut v = vec![
             ("CONTAINERS_CONF", self.dir.path().join("containers.conf")),
             (
                 "CONTAINERS_STORAGE_CONF",
                 self.dir.path().join("storage.conf"),
             ),
-        ]
+        ];
+        if let Some(d) = &self.criu_dir {
+            v.push(("PATH", path_with(d)));
+        }
+        v
+    }
+
+    /// What a [`COUNTER`] container printed so far (`podman logs`).
+    fn counter_log(&self, name: &str) -> Vec<Count> {
+        self.ok(&["logs", name]).lines().map(Count::parse).collect()
+    }
+
+    fn wait_log(&self, name: &str, what: &str, pred: impl Fn(&[Count]) -> bool) -> Vec<Count> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.counter_log(name);
+            if pred(&log) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {log:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn inspect(&self, name: &str, format: &str) -> String {
+        self.ok(&["inspect", "--format", format, name])
+            .trim()
+            .to_string()
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -159,6 +193,52 @@ impl Drop for Podman {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
         common::remove_cgroup_everywhere(&self.cgroup_parent);
+    }
+}
+
+/// `$PATH` with `dir` first.
+fn path_with(dir: &Path) -> PathBuf {
+    let mut dirs = vec![dir.to_path_buf()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    PathBuf::from(std::env::join_paths(dirs).unwrap())
+}
+
+/// The fixture CRIU's directory (its executable is named `criu`), or a skip.
+fn criu_dir(test: &str) -> Option<PathBuf> {
+    match common::criu() {
+        Ok(c) => Some(c.parent().unwrap().to_path_buf()),
+        Err(e) => {
+            common::skip(test, &format!("no working CRIU: {e}"));
+            None
+        }
+    }
+}
+
+/// A shell loop printing `UUID 1`, `UUID 2`, ... every 0.1 s, with a UUID drawn once when
+/// it starts: a process that restarts instead of continuing prints another UUID.
+const COUNTER: &str = "u=$(cat /proc/sys/kernel/random/uuid); i=0; \
+    while true; do i=$((i+1)); echo $u $i; sleep 0.1; done";
+
+/// One line of [`COUNTER`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Count {
+    run: String,
+    n: u64,
+}
+
+impl Count {
+    fn parse(line: &str) -> Count {
+        let (run, n) = line
+            .trim()
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("counter line {line:?}"));
+        Count {
+            run: run.to_string(),
+            n: n.parse()
+                .unwrap_or_else(|_| panic!("counter line {line:?}")),
+        }
     }
 }
 
@@ -252,6 +332,191 @@ fn podman_detached_pause_exec_stop_rm_leave_nothing() {
         !runtime_state_left(Path::new("/run/vessel"), &id),
         "vessel state for {id} left in /run/vessel"
     );
+}
+
+/// `/proc/PID` is gone (or a zombie nobody reaps) within 30 s.
+fn wait_gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(s)
+                if s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z')) =>
+            {
+                return true
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    false
+}
+
+/// The host directory behind the container's `/sys/fs/cgroup/memory` (the root of that
+/// mount in /proc/PID/mountinfo): without a cgroup namespace it is a bind of a host cgroup.
+fn memory_mount_root(pid: i32) -> String {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    info.lines()
+        .find(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup/memory"))
+        .and_then(|l| l.split(' ').nth(3))
+        .unwrap_or_else(|| panic!("no /sys/fs/cgroup/memory in {pid}'s mounts:\n{info}"))
+        .to_string()
+}
+
+/// The memory cgroup of `pid` (from /proc/PID/cgroup).
+fn memory_cgroup(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+        .unwrap()
+}
+
+#[test]
+fn podman_checkpoint_and_restore_continue_the_counter() {
+    let test = "podman_checkpoint_and_restore_continue_the_counter";
+    if !podman_ready(test) {
+        return;
+    }
+    let Some(criu) = criu_dir(test) else { return };
+    let mut p = Podman::new();
+    p.criu_dir = Some(criu);
+    let name = common::unique_id("pmck");
+    let id = p
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "localhost/busybox",
+            "sh",
+            "-c",
+            COUNTER,
+        ])
+        .trim()
+        .to_string();
+    p.wait_log(&name, "the counter to reach 3", |l| l.len() >= 3);
+    let pid: i32 = p.inspect(&name, "{{.State.Pid}}").parse().unwrap();
+    // podman runs `vessel checkpoint --image-path ... --work-path ... ID`: the container
+    // (no cgroup namespace: its /sys/fs/cgroup is binds of host cgroups, declared
+    // external) is dumped, stopped and deleted.
+    p.ok(&["container", "checkpoint", &name]);
+    assert_eq!(p.inspect(&name, "{{.State.Status}}"), "exited");
+    assert!(
+        wait_gone(pid),
+        "container process {pid} still runs after checkpoint"
+    );
+    assert!(!runtime_state_left(Path::new("/run/vessel"), &id));
+    let at_dump = p.counter_log(&name).len();
+
+    // `vessel restore --detach --image-path ... --bundle ... --pid-file ... ID`.
+    p.ok(&["container", "restore", &name]);
+    assert_eq!(p.inspect(&name, "{{.State.Status}}"), "running");
+    let new_pid: i32 = p.inspect(&name, "{{.State.Pid}}").parse().unwrap();
+    assert_ne!(new_pid, pid);
+    let log = p.wait_log(&name, "the restored counter to go on", |l| {
+        l.len() >= at_dump + 3
+    });
+    // One run, every number once and in order: the restored shell went on from its
+    // memory (a restart would print a new UUID from 1).
+    let run = &log[0].run;
+    let expect: Vec<Count> = (1..=log.len() as u64)
+        .map(|n| Count {
+            run: run.clone(),
+            n,
+        })
+        .collect();
+    assert_eq!(
+        log, expect,
+        "counter after restore (checkpointed at {at_dump})"
+    );
+    // A full container again: exec joins it, and its cgroup mount is its own cgroup.
+    let out = p.ok(&["exec", &name, "cat", "/proc/1/cmdline"]);
+    assert!(
+        out.starts_with("sh"),
+        "pid 1 is the restored shell: {out:?}"
+    );
+    let cg = memory_cgroup(new_pid);
+    assert!(cg.ends_with(&format!("libpod-{id}")), "{cg}");
+    assert_eq!(memory_mount_root(new_pid), cg);
+    p.ok(&["rm", "--force", "--time", "0", &name]);
+    assert!(wait_gone(new_pid));
+    assert!(!runtime_state_left(Path::new("/run/vessel"), &id));
+}
+
+#[test]
+fn podman_checkpoint_export_restores_a_copy_in_its_own_cgroup() {
+    let test = "podman_checkpoint_export_restores_a_copy_in_its_own_cgroup";
+    if !podman_ready(test) {
+        return;
+    }
+    let Some(criu) = criu_dir(test) else { return };
+    let mut p = Podman::new();
+    p.criu_dir = Some(criu);
+    let name = common::unique_id("pmex");
+    let id = p
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "localhost/busybox",
+            "sh",
+            "-c",
+            COUNTER,
+        ])
+        .trim()
+        .to_string();
+    p.wait_log(&name, "the counter to reach 3", |l| l.len() >= 3);
+    let pid: i32 = p.inspect(&name, "{{.State.Pid}}").parse().unwrap();
+    let tar = p.dir.path().join("export.tar.gz");
+    let tar_s = tar.to_str().unwrap();
+    // podman passes `--leave-running` twice here (runc's parser takes that).
+    p.ok(&[
+        "container",
+        "checkpoint",
+        "--leave-running",
+        "--export",
+        tar_s,
+        &name,
+    ]);
+    assert!(tar.is_file());
+    assert_eq!(p.inspect(&name, "{{.State.Status}}"), "running");
+    assert_eq!(p.inspect(&name, "{{.State.Pid}}"), pid.to_string());
+    let at_dump = p.counter_log(&name).len() as u64;
+
+    // A second container from the archive: a new id, so a new cgroup.
+    let name2 = common::unique_id("pmim");
+    let id2 = p
+        .ok(&["container", "restore", "--import", tar_s, "--name", &name2])
+        .trim()
+        .to_string();
+    assert_ne!(id2, id);
+    assert_eq!(p.inspect(&name2, "{{.State.Status}}"), "running");
+    let pid2: i32 = p.inspect(&name2, "{{.State.Pid}}").parse().unwrap();
+    assert_ne!(pid2, pid);
+    let log2 = p.wait_log(&name2, "the copy's counter to go on", |l| {
+        l.last().is_some_and(|c| c.n >= at_dump + 3)
+    });
+    let log1 = p.counter_log(&name);
+    // The copy is the same run as the original (same UUID), numbers only going up.
+    assert!(
+        log2.iter().all(|c| c.run == log1[0].run),
+        "the copy restarted: {log2:?} (original {:?})",
+        log1[0]
+    );
+    assert!(log2.windows(2).all(|w| w[1].n >= w[0].n), "{log2:?}");
+    assert!(log1.last().unwrap().n > at_dump, "the original stopped");
+    // Each container sees its own cgroup at /sys/fs/cgroup/memory.
+    let cg1 = memory_cgroup(pid);
+    let cg2 = memory_cgroup(pid2);
+    assert!(cg2.ends_with(&format!("libpod-{id2}")), "{cg2}");
+    assert_eq!(memory_mount_root(pid2), cg2);
+    assert_eq!(memory_mount_root(pid), cg1);
+    p.ok(&["rm", "--force", "--time", "0", &name, &name2]);
+    assert!(wait_gone(pid) && wait_gone(pid2));
+    assert!(!runtime_state_left(Path::new("/run/vessel"), &id2));
 }
 
 // ---------------------------------------------------------------- containerd

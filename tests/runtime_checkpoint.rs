@@ -20,35 +20,11 @@ use serde_json::{json, Value};
 
 use runtime_support::*;
 
-/// The fixture's CRIU (fixtures/criu.sh), or why there is none.
-fn criu() -> Result<PathBuf, String> {
-    static CRIU: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    CRIU.get_or_init(|| fixture_script("criu.sh")).clone()
-}
-
 /// The static test helper (fixtures/ckpt-helper.sh), or why there is none.
 fn helper() -> Result<PathBuf, String> {
     static H: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    H.get_or_init(|| fixture_script("ckpt-helper.sh")).clone()
-}
-
-fn fixture_script(name: &str) -> Result<PathBuf, String> {
-    let out = Command::new("bash")
-        .arg(common::repo_root().join("fixtures").join(name))
-        .output()
-        .map_err(|e| format!("run fixtures/{name}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "fixtures/{name} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(format!("fixtures/{name} printed no file: {p:?}"))
-    }
+    H.get_or_init(|| common::fixture_script("ckpt-helper.sh"))
+        .clone()
 }
 
 /// Result of one `vessel` command.
@@ -81,7 +57,7 @@ struct Ck {
 
 fn ck_setup(test: &str) -> Option<Ck> {
     let env = setup(test)?;
-    let criu = match criu() {
+    let criu = match common::criu() {
         Ok(c) => c,
         Err(e) => {
             common::skip(test, &format!("no working CRIU: {e}"));

@@ -20,6 +20,10 @@
 //! child; its start time is saved so the status is detected like for a created one.
 //! Any failure removes what was made (CRIU kills a half-restored tree itself).
 //!
+//! Without a cgroup namespace, the container's `cgroup` mount is made of binds of host
+//! cgroup directories: they are external mounts too, bound at restore to the restored
+//! container's cgroup (see `cgroup_mounts`).
+//!
 //! Open files on host paths outside the container (e.g. the host's `/dev/null` as
 //! stdio) cannot be dumped: CRIU refuses them ("Can't lookup mount"). Give containers
 //! pipes or a terminal as stdio to checkpoint them.
@@ -37,6 +41,8 @@ use crate::integration::{self, Cgroup};
 use crate::namespaces::NamespacePlan;
 use crate::spec;
 use crate::state::{self, ContainerState, State, StateDir, Status};
+
+mod cgroup_mounts;
 
 /// File in the image directory recording the init's stdio (runc's name and format).
 pub const DESCRIPTORS_FILE: &str = "descriptors.json";
@@ -398,6 +404,8 @@ impl Container {
                 path: dest,
             })
             .collect();
+        d.external_mounts
+            .extend(cgroup_mounts::for_dump(&spec, pid)?);
         let cgroup = self
             .state
             .cgroup
@@ -520,6 +528,11 @@ impl Container {
                 path: src,
             })
             .collect();
+        r.external_mounts.extend(cgroup_mounts::for_restore(
+            &spec,
+            &opts.image_path,
+            cgroup.as_ref(),
+        )?);
         for (n, what) in descriptors.iter().enumerate().take(3) {
             if what.starts_with("pipe:") {
                 let fd = dup(n as i32)?;

@@ -77,6 +77,10 @@ pub struct RestoreArgs {
     /// Unix socket that receives the pty master when process.terminal is set.
     #[arg(long)]
     console_socket: Option<PathBuf>,
+    /// Accepted for runc compatibility (containerd's shim passes it): vessel never makes
+    /// the restoring process a subreaper, the restored init is its plain child.
+    #[arg(long)]
+    no_subreaper: bool,
     /// Restore from a snapshot made with `checkpoint --snapshot DIR`: its rootfs and config
     /// are copied to --bundle (which must not exist yet) and its images are used.
     #[arg(long, value_name = "DIR")]
