@@ -529,6 +529,11 @@ struct Containerd {
 
 impl Containerd {
     fn start() -> Containerd {
+        Containerd::start_with(None)
+    }
+
+    /// A daemon whose shims find `criu` in `criu_dir` (first in their PATH).
+    fn start_with(criu_dir: Option<&Path>) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("vessel-ctd-")
             .tempdir()
@@ -553,7 +558,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         )
         .unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let daemon = Command::new("containerd")
+        // The daemon's temporary files (a restore's `ctrd-checkpoint*` image dir, which it
+        // leaves behind) go below the test's directory.
+        std::fs::create_dir(d.join("tmp")).unwrap();
+        let mut cmd = Command::new("containerd");
+        cmd.env("TMPDIR", d.join("tmp"));
+        if let Some(c) = criu_dir {
+            cmd.env("PATH", path_with(c));
+        }
+        let daemon = cmd
             .arg("--config")
             .arg(d.join("config.toml"))
             .stdout(log.try_clone().unwrap())
@@ -595,6 +608,96 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let o = self.ctr(args);
         assert!(o.status.success(), "ctr {args:?}: {}", text(&o));
         String::from_utf8_lossy(&o.stdout).to_string()
+    }
+
+    /// Imports the busybox rootfs as image `localhost/busybox:latest` (an OCI archive
+    /// made here: one uncompressed layer, its config and manifest).
+    fn import_busybox(&self) {
+        let d = self.dir.path().join("oci");
+        let blobs = d.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let layer = d.join("layer.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(self.dir.path().join("rootfs"))
+            .arg("-cf")
+            .arg(&layer)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let add = |data: &[u8]| -> (String, usize) {
+            let tmp = d.join("blob.tmp");
+            std::fs::write(&tmp, data).unwrap();
+            let out = Command::new("sha256sum").arg(&tmp).output().unwrap();
+            let sum = String::from_utf8_lossy(&out.stdout)
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string();
+            std::fs::rename(&tmp, blobs.join(&sum)).unwrap();
+            (format!("sha256:{sum}"), data.len())
+        };
+        let (layer_digest, layer_size) = add(&std::fs::read(&layer).unwrap());
+        std::fs::remove_file(&layer).unwrap();
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": ["PATH=/bin:/sbin:/usr/bin:/usr/sbin"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]}
+        });
+        let (config_digest, config_size) = add(config.to_string().as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config_digest, "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer_digest, "size": layer_size}]
+        });
+        let (manifest_digest, manifest_size) = add(manifest.to_string().as_bytes());
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest_digest, "size": manifest_size,
+                "platform": {"architecture": "amd64", "os": "linux"},
+                "annotations": {"io.containerd.image.name": "localhost/busybox:latest",
+                                "org.opencontainers.image.ref.name": "latest"}
+            }]
+        });
+        std::fs::write(d.join("index.json"), index.to_string()).unwrap();
+        std::fs::write(d.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let archive = self.dir.path().join("busybox-oci.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&d)
+            .arg("-cf")
+            .arg(&archive)
+            .args(["oci-layout", "index.json", "blobs"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        self.ok(&["images", "import", archive.to_str().unwrap()]);
+        let images = self.ok(&["images", "ls", "-q"]);
+        assert!(
+            images.lines().any(|l| l == "localhost/busybox:latest"),
+            "{images}"
+        );
+    }
+
+    fn wait_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ls = self.ok(&["task", "ls"]);
+            if ls
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains(status))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "task {id} not {status}: {ls}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn runc_root(&self) -> PathBuf {
@@ -734,4 +837,110 @@ fn ctr_detached_exec_ps_pause_kill_rm() {
     c.ok(&["task", "rm", &id]);
     c.ok(&["containers", "rm", &id]);
     assert!(!runtime_state_left(&c.runc_root(), &id));
+}
+
+/// [`COUNTER`] writing its line to /count instead (atomically, by rename).
+const COUNTER_FILE: &str = "u=$(cat /proc/sys/kernel/random/uuid); i=0; \
+    while true; do i=$((i+1)); echo $u $i > /count.tmp; mv /count.tmp /count; sleep 0.1; done";
+
+#[test]
+fn ctr_checkpoint_and_live_restore_continue_the_counter() {
+    let test = "ctr_checkpoint_and_live_restore_continue_the_counter";
+    if !containerd_ready(test) {
+        return;
+    }
+    let Some(criu) = criu_dir(test) else { return };
+    let c = Containerd::start_with(Some(&criu));
+    c.import_busybox();
+    let id = common::unique_id("ctck");
+    let cgroup = format!("{}/{id}", c.cgroup_parent);
+    let rt = runtime();
+    let root = c.runc_root();
+    let run = |id: &str| {
+        c.ok(&[
+            "run",
+            "-d",
+            "--cgroup",
+            &cgroup,
+            "--runc-binary",
+            rt.to_str().unwrap(),
+            "--runc-root",
+            root.to_str().unwrap(),
+            "localhost/busybox:latest",
+            id,
+            "sh",
+            "-c",
+            COUNTER_FILE,
+        ]);
+    };
+    run(&id);
+    let first = wait_count(&c, &id, |n| n >= 3);
+
+    // The shim: `pause`, `checkpoint --image-path DIR --work-path DIR --leave-running`,
+    // `resume`; the task goes on.
+    let images = c.dir.path().join("task-images");
+    c.ok(&[
+        "task",
+        "checkpoint",
+        "--image-path",
+        images.to_str().unwrap(),
+        "--work-path",
+        c.dir.path().join("task-work").to_str().unwrap(),
+        &id,
+    ]);
+    assert!(images.join("inventory.img").is_file());
+    assert!(images.join("descriptors.json").is_file());
+    c.wait_status(&id, "RUNNING");
+    let after = wait_count(&c, &id, |n| n > first.n + 2);
+    assert_eq!(after.run, first.run);
+
+    // A checkpoint in containerd's content store, the task killed and removed, then
+    // restored from it (`vessel restore --detach ... -no-subreaper --bundle B ID`).
+    let reference = format!("localhost/checkpoint/{id}:1");
+    c.ok(&["containers", "checkpoint", "--task", &id, &reference]);
+    let before = wait_count(&c, &id, |_| true);
+    c.ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    c.wait_status(&id, "STOPPED");
+    c.ok(&["task", "rm", &id]);
+    c.ok(&["containers", "rm", &id]);
+    assert!(!runtime_state_left(&root.join("default"), &id));
+    c.ok(&["containers", "restore", "--live", &id, &reference]);
+    c.wait_status(&id, "RUNNING");
+    let restored = wait_count(&c, &id, |n| n > before.n + 2);
+    // Same run (the UUID drawn at start), still counting: it went on from its memory.
+    assert_eq!(
+        restored.run, first.run,
+        "the task restarted instead of continuing"
+    );
+    let ps = c.ok(&["task", "ps", &id]);
+    assert!(ps.lines().count() >= 2, "{ps}");
+    c.ok(&["task", "kill", "-s", "SIGKILL", &id]);
+    c.wait_status(&id, "STOPPED");
+    c.ok(&["task", "rm", &id]);
+    c.ok(&["containers", "rm", &id]);
+    assert!(!runtime_state_left(&root.join("default"), &id));
+}
+
+/// The first [`COUNTER_FILE`] line of task `id` whose number satisfies `pred`.
+fn wait_count(c: &Containerd, id: &str, pred: impl Fn(u64) -> bool) -> Count {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = c.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            &common::unique_id("w"),
+            id,
+            "cat",
+            "/count",
+        ]);
+        if o.status.success() {
+            let count = Count::parse(&String::from_utf8_lossy(&o.stdout));
+            if pred(count.n) {
+                return count;
+            }
+        }
+        assert!(Instant::now() < deadline, "counter of {id}: {}", text(&o));
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
