@@ -800,3 +800,76 @@ fn foreground_restore_returns_the_exit_status() {
         cgroup_dirs(&id)
     );
 }
+
+/// A cgroup directory this test makes in a named (unmanaged) v1 hierarchy, removed on drop.
+struct NamedCgroup(PathBuf);
+
+impl Drop for NamedCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A named v1 hierarchy of this process (`name=systemd`): its mount point and our cgroup.
+fn named_hierarchy() -> Option<(PathBuf, String)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let (name, path) = own.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, c, p) = (f.next()?, f.next()?, f.next()?);
+        c.strip_prefix("name=")
+            .map(|n| (n.to_string(), p.to_string()))
+    })?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mnt = info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mut post = post.split(' ');
+        (post.next()? == "cgroup" && post.nth(1)?.split(',').any(|o| o == format!("name={name}")))
+            .then(|| pre.split(' ').nth(4).map(PathBuf::from))?
+    })?;
+    Some((mnt, path))
+}
+
+#[test]
+fn unmanaged_named_hierarchies_are_not_recorded_nor_recreated() {
+    let test = "unmanaged_named_hierarchies_are_not_recorded_nor_recreated";
+    let Some(ck) = ck_setup(test) else { return };
+    let Some((mnt, own)) = named_hierarchy() else {
+        common::skip(test, "no named cgroup v1 hierarchy (name=...) on this host");
+        return;
+    };
+    // The container sits at our cgroup of the named hierarchy (the runtime does not manage
+    // it), next to this unrelated cgroup.
+    let other = NamedCgroup(
+        mnt.join(own.trim_start_matches('/'))
+            .join(common::unique_id("vessel-other")),
+    );
+    std::fs::create_dir(&other.0).unwrap();
+    let id = common::unique_id("ckcg");
+    ck.env.write_config(&ck.counter_config());
+    let b = ck.bundle();
+    ck.vessel(&["run", "-d", "--bundle", &b, &id]).ok("run -d");
+    ck.wait_count(|c| c >= 2, "the counter to reach 2");
+    let images = ck.env.bundle_path().join("images");
+    let img = images.to_str().unwrap();
+    ck.vessel(&["checkpoint", "--image-path", img, &id])
+        .ok("checkpoint");
+    // Gone by the time of the restore, which must neither need nor recreate it.
+    std::fs::remove_dir(&other.0).unwrap();
+    ck.vessel(&["restore", "-d", "--image-path", img, "--bundle", &b, &id])
+        .ok("restore -d");
+    assert!(
+        !other.0.exists(),
+        "the restore recreated an unrelated cgroup: {}",
+        other.0.display()
+    );
+    let pid = ck.pid_in(ck.env.root_path(), &id);
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cg.contains(&id), "{cg}");
+    ck.vessel(&["delete", "--force", &id]).ok("delete");
+    assert!(wait_gone(pid));
+    assert!(
+        cgroup_dirs(&id).is_empty(),
+        "cgroup left: {:?}",
+        cgroup_dirs(&id)
+    );
+}

@@ -315,6 +315,32 @@ fn stdio_of(pid: i32) -> Vec<String> {
         .collect()
 }
 
+/// The cgroup hierarchies of `pid` CRIU records: all but the named (`name=...`) ones,
+/// which the runtime does not manage. The container sits in its caller's cgroup there
+/// (`name=systemd:/` here), and CRIU would record that cgroup's whole subtree (every
+/// other workload's cgroups) and recreate whatever of it is gone at restore. Left out,
+/// the restored tree stays in the restoring process's cgroup of those hierarchies, as a
+/// created container does. Empty (CRIU's default: all) when /proc/PID/cgroup is
+/// unreadable.
+fn dump_controllers(pid: i32) -> Vec<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    controllers_to_dump(&text)
+}
+
+fn controllers_to_dump(proc_cgroup: &str) -> Vec<String> {
+    let all: Vec<&str> = proc_cgroup
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .collect();
+    if all.iter().all(|c| !c.starts_with("name=")) {
+        return Vec::new();
+    }
+    all.into_iter()
+        .filter(|c| !c.starts_with("name="))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Checks that `dir` holds a checkpoint.
 pub fn check_images(dir: &Path) -> Result<()> {
     let meta = fs::metadata(dir).map_err(|e| CheckpointError::NotACheckpoint {
@@ -406,6 +432,7 @@ impl Container {
             .collect();
         d.external_mounts
             .extend(cgroup_mounts::for_dump(&spec, pid)?);
+        d.cgroup_dump_controllers = dump_controllers(pid);
         let cgroup = self
             .state
             .cgroup
@@ -717,6 +744,15 @@ mod tests {
         assert_eq!(parse_cgroup_mode("ignore").unwrap(), CgroupMode::Ignore);
         let e = parse_cgroup_mode("bogus").unwrap_err().to_string();
         assert!(e.contains("bogus") && e.contains("soft"), "{e}");
+    }
+
+    #[test]
+    fn named_cgroup_hierarchies_are_not_dumped() {
+        let hybrid = "9:name=systemd:/\n4:memory:/a/c\n2:cpu,cpuacct:/a/c\n0::/a/c\n";
+        assert_eq!(controllers_to_dump(hybrid), ["memory", "cpu,cpuacct", ""]);
+        // Nothing to leave out: CRIU's default (all).
+        assert!(controllers_to_dump("4:memory:/a/c\n0::/a/c\n").is_empty());
+        assert!(controllers_to_dump("").is_empty());
     }
 
     #[test]
