@@ -519,6 +519,61 @@ fn podman_checkpoint_export_restores_a_copy_in_its_own_cgroup() {
     assert!(!runtime_state_left(Path::new("/run/vessel"), &id2));
 }
 
+#[test]
+fn podman_checkpoint_and_restore_a_container_with_a_terminal() {
+    let test = "podman_checkpoint_and_restore_a_container_with_a_terminal";
+    if !podman_ready(test) {
+        return;
+    }
+    let Some(criu) = criu_dir(test) else { return };
+    let mut p = Podman::new();
+    p.criu_dir = Some(criu);
+    let name = common::unique_id("pmtty");
+    // -t: conmon holds the pty master (process.terminal, --console-socket).
+    p.ok(&[
+        "run",
+        "-dt",
+        "--name",
+        &name,
+        "localhost/busybox",
+        "sh",
+        "-c",
+        COUNTER,
+    ]);
+    p.wait_log(&name, "the counter to reach 3", |l| l.len() >= 3);
+    let pid: i32 = p.inspect(&name, "{{.State.Pid}}").parse().unwrap();
+    // The pty's master is outside the container: CRIU records the slave alone
+    // (orphan-pts-master, as runc) ...
+    p.ok(&["container", "checkpoint", &name]);
+    assert!(wait_gone(pid));
+    let at_dump = p.counter_log(&name).len();
+    // ... and the restore makes a new pty whose master goes to conmon's new console
+    // socket (`restore --console-socket`).
+    p.ok(&["container", "restore", &name]);
+    let new_pid: i32 = p.inspect(&name, "{{.State.Pid}}").parse().unwrap();
+    let log = p.wait_log(&name, "the restored counter to go on", |l| {
+        l.len() >= at_dump + 3
+    });
+    let run = &log[0].run;
+    let expect: Vec<Count> = (1..=log.len() as u64)
+        .map(|n| Count {
+            run: run.clone(),
+            n,
+        })
+        .collect();
+    assert_eq!(
+        log, expect,
+        "counter after restore (checkpointed at {at_dump})"
+    );
+    let tty = std::fs::read_link(format!("/proc/{new_pid}/fd/1")).unwrap();
+    assert!(
+        tty.starts_with("/dev/pts/"),
+        "stdout of the restored init: {tty:?}"
+    );
+    p.ok(&["rm", "--force", "--time", "0", &name]);
+    assert!(wait_gone(new_pid));
+}
+
 // ---------------------------------------------------------------- containerd
 
 struct Containerd {

@@ -873,3 +873,153 @@ fn unmanaged_named_hierarchies_are_not_recorded_nor_recreated() {
         cgroup_dirs(&id)
     );
 }
+
+/// A console socket (`--console-socket`): every pty master sent to it is read by a
+/// thread into its own buffer.
+struct Console {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    outputs: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::Mutex<String>>>>>,
+}
+
+impl Console {
+    fn new() -> Console {
+        use std::io::IoSliceMut;
+        use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let outputs: Arc<Mutex<Vec<Arc<Mutex<String>>>>> = Arc::default();
+        let list = outputs.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let mut buf = [0u8; 256];
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+                let Ok(msg) = nix::sys::socket::recvmsg::<()>(
+                    conn.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    nix::sys::socket::MsgFlags::empty(),
+                ) else {
+                    return;
+                };
+                let Some(fd) = msg.cmsgs().unwrap().find_map(|c| match c {
+                    nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                    _ => None,
+                }) else {
+                    continue;
+                };
+                // SAFETY: the kernel installed this descriptor for us.
+                let mut master = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+                let out = Arc::new(Mutex::new(String::new()));
+                list.lock().unwrap().push(out.clone());
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 4096];
+                    while let Ok(n @ 1..) = master.read(&mut b) {
+                        out.lock()
+                            .unwrap()
+                            .push_str(&String::from_utf8_lossy(&b[..n]));
+                    }
+                });
+            }
+        });
+        Console {
+            _dir: dir,
+            path,
+            outputs,
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// Waits for the `n`th master (from 1) to show a line the predicate accepts.
+    fn wait_line(&self, n: usize, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        wait_for(what, || {
+            let outs = self.outputs.lock().unwrap();
+            let text = outs.get(n - 1)?.lock().unwrap().clone();
+            text.lines()
+                .map(str::trim)
+                .find(|l| pred(l))
+                .map(str::to_string)
+        })
+    }
+}
+
+#[test]
+fn terminal_container_checkpoint_and_restore_with_a_new_pty() {
+    let test = "terminal_container_checkpoint_and_restore_with_a_new_pty";
+    let Some(ck) = ck_setup(test) else { return };
+    let console = Console::new();
+    let id = common::unique_id("cktty");
+    let mut cfg = ck.config(&[
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /data/count.tmp; mv /data/count.tmp /data/count; \
+         echo tick $i; sleep 0.1; done",
+    ]);
+    cfg["process"]["terminal"] = json!(true);
+    ck.env.write_config(&cfg);
+    let b = ck.bundle();
+    ck.vessel(&[
+        "run",
+        "-d",
+        "--console-socket",
+        console.path(),
+        "--bundle",
+        &b,
+        &id,
+    ])
+    .ok("run -d with a terminal");
+    console.wait_line(1, "output on the first pty", |l| l.starts_with("tick "));
+    ck.wait_count(|c| c >= 3, "the counter to reach 3");
+    let pid = ck.pid_in(ck.env.root_path(), &id);
+    let images = ck.env.bundle_path().join("images");
+    let img = images.to_str().unwrap();
+    // The pty master is the console socket holder's, outside the container: CRIU records
+    // the slave alone (orphan-pts-master, as runc does).
+    ck.vessel(&["checkpoint", "--image-path", img, &id])
+        .ok("checkpoint");
+    assert!(wait_gone(pid));
+    let at_dump = ck.count().unwrap();
+    // Without a console socket the restore has nowhere to send the new master.
+    let o = ck.vessel(&["restore", "-d", "--image-path", img, "--bundle", &b, &id]);
+    assert!(!o.status.success());
+    assert!(o.stderr.contains("console-socket"), "{}", o.stderr);
+    assert!(!ck.env.state_dir(&id).exists());
+    // A new pty: its master goes to the console socket, the container's stdio is its slave.
+    ck.vessel(&[
+        "restore",
+        "-d",
+        "--console-socket",
+        console.path(),
+        "--image-path",
+        img,
+        "--bundle",
+        &b,
+        &id,
+    ])
+    .ok("restore -d with a console socket");
+    let line = console.wait_line(2, "output on the new pty", |l| {
+        l.strip_prefix("tick ")
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > at_dump)
+    });
+    assert!(line.starts_with("tick "), "{line}");
+    let next = ck.wait_count(|c| c != at_dump, "the restored counter to move");
+    assert_eq!(next, at_dump + 1, "restored counter did not continue");
+    let new_pid = ck.pid_in(ck.env.root_path(), &id);
+    let tty = std::fs::read_link(format!("/proc/{new_pid}/fd/0")).unwrap();
+    assert_eq!(tty, Path::new("/dev/pts/0"));
+    ck.vessel(&["delete", "--force", &id]).ok("delete");
+    assert!(wait_gone(new_pid));
+    assert!(
+        cgroup_dirs(&id).is_empty(),
+        "cgroup left: {:?}",
+        cgroup_dirs(&id)
+    );
+}
