@@ -742,6 +742,7 @@ fn checkpoint_help_exits_zero() {
         "--pre-dump",
         "--parent-path",
         "--manage-cgroups-mode",
+        "--auto-dedup",
     ] {
         assert!(text.contains(flag), "checkpoint --help lacks {flag}");
     }
@@ -757,6 +758,9 @@ fn checkpoint_help_exits_zero() {
         "--pid-file",
         "--console-socket",
         "--image-path",
+        "--no-subreaper",
+        "--tcp-close",
+        "--lsm-profile",
     ] {
         assert!(text.contains(flag), "restore --help lacks {flag}");
     }

@@ -168,6 +168,8 @@ pub struct CheckpointOptions {
     /// Send memory pages to this CRIU page server instead of the image path (live
     /// migration; see [`crate::migration`]).
     pub page_server: Option<std::net::SocketAddr>,
+    /// Punch holes in the parent images for pages this dump writes (`--auto-dedup`).
+    pub auto_dedup: bool,
 }
 
 impl CheckpointOptions {
@@ -186,6 +188,7 @@ impl CheckpointOptions {
             parent_path: None,
             manage_cgroups_mode: None,
             page_server: None,
+            auto_dedup: false,
         }
     }
 }
@@ -214,6 +217,10 @@ pub struct RestoreOptions {
     pub file_locks: bool,
     /// CRIU's cgroup handling; `None` = soft.
     pub manage_cgroups_mode: Option<CgroupMode>,
+    /// Restore established TCP connections closed (`--tcp-close`).
+    pub tcp_close: bool,
+    /// LSM profile of the restored tree (`--lsm-profile`, e.g. `apparmor:NAME`).
+    pub lsm_profile: Option<String>,
 }
 
 impl RestoreOptions {
@@ -230,6 +237,8 @@ impl RestoreOptions {
             shell_job: false,
             file_locks: false,
             manage_cgroups_mode: None,
+            tcp_close: false,
+            lsm_profile: None,
         }
     }
 }
@@ -423,6 +432,7 @@ impl Container {
         d.parent_images = opts.parent_path.clone();
         d.track_mem = opts.parent_path.is_some();
         d.page_server = opts.page_server;
+        d.auto_dedup = opts.auto_dedup;
         d.external_mounts = bind_mounts(&spec, &self.state.oci.bundle)
             .into_iter()
             .map(|(dest, _)| ExternalMount {
@@ -548,6 +558,8 @@ impl Container {
             criu::NetworkLock::Skip
         };
         r.root = Some(rootfs.clone());
+        r.tcp_close = opts.tcp_close;
+        r.lsm_profile = opts.lsm_profile.clone();
         r.external_mounts = bind_mounts(&spec, &bundle)
             .into_iter()
             .map(|(dest, src)| ExternalMount {
