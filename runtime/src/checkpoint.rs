@@ -456,11 +456,32 @@ impl Container {
             .map_err(|e| CheckpointError::Invalid(format!("descriptors: {e}")))?;
         state::write_atomic(&opts.image_path.join(DESCRIPTORS_FILE), &descriptors, 0o600)
             .map_err(ContainerError::from)?;
-        let out = if opts.pre_dump {
-            criu.pre_dump(&d)?
-        } else {
-            criu.dump(&d)?
+        // A running container is frozen here rather than by CRIU, which polls the freezer
+        // every 100 ms (so a freeze costs it at least that much); it then finds the group
+        // frozen and leaves it so. Only where the image's freezer.state (FROZEN, the
+        // state CRIU found) is not restored: soft mode skips the properties of the
+        // cgroups the restore creates first, ignore records none.
+        let prefreeze = !opts.pre_dump
+            && self.state.oci.status == Status::Running
+            && matches!(
+                d.common.manage_cgroups,
+                Some(CgroupMode::Soft | CgroupMode::Ignore)
+            );
+        let frozen = match (&cgroup, &d.freeze_cgroup) {
+            (Some(cg), Some(_)) if prefreeze => cg.freeze().is_ok().then_some(cg),
+            _ => None,
         };
+        let out = if opts.pre_dump {
+            criu.pre_dump(&d)
+        } else {
+            criu.dump(&d)
+        };
+        // Running again (leave-running, or a failed dump), or dying: a SIGKILLed task of
+        // a frozen v1 group only dies once thawed.
+        if let Some(cg) = frozen {
+            let _ = cg.thaw();
+        }
+        let out = out?;
         let mut report = CheckpointReport {
             pages_written: out.stats.as_ref().map_or(0, |s| s.pages_written),
             pages_skipped_parent: out.stats.as_ref().map_or(0, |s| s.pages_skipped_parent),
