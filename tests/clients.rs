@@ -375,7 +375,21 @@ fn memory_cgroup(pid: i32) -> String {
 
 #[test]
 fn podman_checkpoint_and_restore_continue_the_counter() {
-    let test = "podman_checkpoint_and_restore_continue_the_counter";
+    // No cgroup namespace (podman's default on a v1 host): the container's
+    // /sys/fs/cgroup is binds of host cgroup directories, declared external.
+    checkpoint_and_restore_continue("podman_checkpoint_and_restore_continue_the_counter", &[]);
+}
+
+#[test]
+fn podman_checkpoint_and_restore_with_a_cgroup_namespace() {
+    // Fresh cgroup mounts in the container's own cgroup namespace: CRIU's own business.
+    checkpoint_and_restore_continue(
+        "podman_checkpoint_and_restore_with_a_cgroup_namespace",
+        &["--cgroupns=private"],
+    );
+}
+
+fn checkpoint_and_restore_continue(test: &str, run_flags: &[&str]) {
     if !podman_ready(test) {
         return;
     }
@@ -383,19 +397,18 @@ fn podman_checkpoint_and_restore_continue_the_counter() {
     let mut p = Podman::new();
     p.criu_dir = Some(criu);
     let name = common::unique_id("pmck");
-    let id = p
-        .ok(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "localhost/busybox",
-            "sh",
-            "-c",
-            COUNTER,
-        ])
-        .trim()
-        .to_string();
+    let mut args = vec!["run", "-d", "--name", &name];
+    args.extend(run_flags);
+    args.extend(["localhost/busybox", "sh", "-c", COUNTER]);
+    let id = p.ok(&args).trim().to_string();
+    let pid0: i32 = p.inspect(&name, "{{.State.Pid}}").parse().unwrap();
+    let cgroupns = std::fs::read_link(format!("/proc/{pid0}/ns/cgroup")).unwrap()
+        != std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+    assert_eq!(
+        cgroupns,
+        !run_flags.is_empty(),
+        "cgroup namespace of {pid0}"
+    );
     p.wait_log(&name, "the counter to reach 3", |l| l.len() >= 3);
     let pid: i32 = p.inspect(&name, "{{.State.Pid}}").parse().unwrap();
     // podman runs `vessel checkpoint --image-path ... --work-path ... ID`: the container
@@ -440,6 +453,9 @@ fn podman_checkpoint_and_restore_continue_the_counter() {
     let cg = memory_cgroup(new_pid);
     assert!(cg.ends_with(&format!("libpod-{id}")), "{cg}");
     assert_eq!(memory_mount_root(new_pid), cg);
+    let own_ns = std::fs::read_link(format!("/proc/{new_pid}/ns/cgroup")).unwrap()
+        != std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+    assert_eq!(own_ns, cgroupns, "cgroup namespace of the restored init");
     p.ok(&["rm", "--force", "--time", "0", &name]);
     assert!(wait_gone(new_pid));
     assert!(!runtime_state_left(Path::new("/run/vessel"), &id));
