@@ -5,7 +5,9 @@
 //! destination), a network namespace joined by path is external (`extRootNetNS`), the
 //! container's freezer cgroup freezes the tree, and the init's stdio is recorded in
 //! `descriptors.json` in the image directory (runc's format: one entry per fd 0..2, as
-//! `readlink /proc/PID/fd/N` shows it). Without `leave_running` (and unless it is a
+//! `readlink /proc/PID/fd/N` shows it). A running container is frozen by the runtime
+//! before CRIU runs (CRIU's own freeze polls every 100 ms) and thawed after it.
+//! Without `leave_running` (and unless it is a
 //! pre-dump) the container is gone afterwards and is deleted like runc does, so the same
 //! id can be restored.
 //!
