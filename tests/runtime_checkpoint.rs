@@ -1027,3 +1027,51 @@ fn terminal_container_checkpoint_and_restore_with_a_new_pty() {
         cgroup_dirs(&id)
     );
 }
+
+#[test]
+fn host_dev_null_stdin_is_reopened_in_the_container_and_checkpointable() {
+    let test = "host_dev_null_stdin_is_reopened_in_the_container_and_checkpointable";
+    let Some(ck) = ck_setup(test) else { return };
+    let id = common::unique_id("cknull");
+    ck.env.write_config(&ck.counter_config());
+    let b = ck.bundle();
+    // As conmon starts detached containers: stdin is the host's /dev/null.
+    let (out_r, out_w) = pipe();
+    let status = Command::new(vessel_bin())
+        .arg("--root")
+        .arg(ck.env.root_path())
+        .args(["run", "-d", "--bundle", &b, &id])
+        .env("VESSEL_CRIU", &ck.criu)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w.try_clone().unwrap()))
+        .stderr(Stdio::from(out_w))
+        .status()
+        .unwrap();
+    assert!(status.success(), "run -d: {}", nonblocking_read(out_r));
+    ck.wait_count(|c| c >= 2, "the counter to reach 2");
+    let pid = ck.pid_in(ck.env.root_path(), &id);
+    // Still a /dev/null, but the container's own (its /dev), not the host's.
+    use std::os::unix::fs::MetadataExt;
+    let fd0 = std::fs::metadata(format!("/proc/{pid}/fd/0")).unwrap();
+    let host = std::fs::metadata("/dev/null").unwrap();
+    assert_eq!(fd0.rdev(), host.rdev());
+    assert_ne!((fd0.dev(), fd0.ino()), (host.dev(), host.ino()));
+    // So CRIU finds its mount (a host file would fail: "Can't lookup mount").
+    let images = ck.env.bundle_path().join("images");
+    let img = images.to_str().unwrap();
+    ck.vessel(&["checkpoint", "--image-path", img, &id])
+        .ok("checkpoint");
+    assert!(wait_gone(pid));
+    let at_dump = ck.count().unwrap();
+    ck.vessel(&["restore", "-d", "--image-path", img, "--bundle", &b, &id])
+        .ok("restore -d");
+    let next = ck.wait_count(|c| c != at_dump, "the restored counter to move");
+    assert_eq!(next, at_dump + 1);
+    let new_pid = ck.pid_in(ck.env.root_path(), &id);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{new_pid}/fd/0")).unwrap(),
+        Path::new("/dev/null")
+    );
+    ck.vessel(&["delete", "--force", &id]).ok("delete");
+    assert!(wait_gone(new_pid));
+}
