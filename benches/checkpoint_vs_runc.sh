@@ -11,7 +11,9 @@
 # writing it to a pipe nobody reads. Containers get pipes as stdio (CRIU cannot dump host
 # files). Both runtimes use a relative cgroupsPath (below this script's own cgroups),
 # removed at the end. The runtimes alternate within every round. Prints median ms per
-# runtime and operation and the vessel/runc ratio.
+# runtime and operation (min-max over the rounds) and the vessel/runc ratio.
+# Both runtimes write CRIU's logs to a --work-path; a failing command stops the run with
+# its stderr and the error lines of the CRIU log (runc's half once died silently here).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO/fixtures/lib.sh"
