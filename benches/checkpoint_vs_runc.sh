@@ -11,7 +11,9 @@
 # writing it to a pipe nobody reads. Containers get pipes as stdio (CRIU cannot dump host
 # files). Both runtimes use a relative cgroupsPath (below this script's own cgroups),
 # removed at the end. The runtimes alternate within every round. Prints median ms per
-# runtime and operation and the vessel/runc ratio.
+# runtime and operation (min-max over the rounds) and the vessel/runc ratio.
+# Both runtimes write CRIU's logs to a --work-path; a failing command stops the run with
+# its stderr and the error lines of the CRIU log (runc's half once died silently here).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$REPO/fixtures/lib.sh"
@@ -32,6 +34,9 @@ else
   VESSEL="$REPO/target/release/vessel"
 fi
 export VESSEL_CRIU="$CRIU"
+# runc 1.1 takes --criu; later runc ignore it and look criu up in PATH. Bookworm's own
+# criu 3.17 (if installed) cannot run on this kernel, so the fixture's comes first.
+export PATH="$(dirname "$CRIU"):$PATH"
 
 TMP="$(mktemp -d /tmp/vessel-ckbench.XXXXXX)"
 TAG="vessel-ckbench-$$"
@@ -101,38 +106,63 @@ wait_touched() { # wait_touched PID SIZE_MIB
 
 ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
+# timed VAR WORKDIR CMD...: runs CMD (stderr to WORKDIR/stderr), adds its time in ms to
+# VAR; on failure shows the runtime's stderr and the CRIU log it left in WORKDIR.
+timed() {
+  local var="$1" work="$2" t rc=0
+  shift 2
+  mkdir -p "$work"
+  t=$(date +%s%N)
+  "$@" 2>"$work/stderr" || rc=$?
+  if [ "$rc" != 0 ]; then
+    echo "FAILED ($rc): $*" >&2
+    sed 's/^/  stderr: /' "$work/stderr" >&2
+    for l in "$work"/*.log; do
+      [ -f "$l" ] || continue
+      echo "  $l:" >&2
+      grep -E 'Error|Warn' "$l" | grep -v RLIMIT_NOFILE | tail -15 | sed 's/^/    /' >&2
+    done
+    exit 1
+  fi
+  RES[$var]+="$(ms_since "$t") "
+}
+
 declare -A RES
 run_one() { # run_one RUNTIME SIZE ROUND
   local rt="$1" size="$2" n="$3" root="$TMP/root-$1" b="$TMP/b-$1-$2" id="ck-$1-$2-$3"
-  local img="$TMP/img-$1-$2-$3" cmd t
+  local img="$TMP/img-$1-$2-$3" work="$TMP/work-$1-$2-$3" cmd
   if [ "$rt" = vessel ]; then cmd=("$VESSEL" --root "$root"); else cmd=(runc --root "$root" --criu "$CRIU"); fi
   [ -d "$b" ] || make_bundle "$b" "$size" "$rt"
   "${cmd[@]}" run -d -b "$b" "$id" <&7 >&8 2>&8
   wait_touched "$(state_pid "${cmd[@]}" state "$id")" "$size"
-  t=$(date +%s%N)
-  "${cmd[@]}" checkpoint --image-path "$img" "$id" >&2
-  RES[$rt,$size,ck]+="$(ms_since "$t") "
-  t=$(date +%s%N)
-  "${cmd[@]}" restore -d --image-path "$img" -b "$b" "$id" <&7 >&8 2>&8
-  RES[$rt,$size,rs]+="$(ms_since "$t") "
+  timed "$rt,$size,ck" "$work/ck" "${cmd[@]}" checkpoint --image-path "$img" \
+    --work-path "$work/ck" "$id" </dev/null >&8
+  # The restored init gets the restoring process's stdio in place of its pipes: the
+  # script's pipes again (never a host file, never a command substitution's pipe).
+  timed "$rt,$size,rs" "$work/rs" "${cmd[@]}" restore -d --image-path "$img" \
+    --work-path "$work/rs" -b "$b" "$id" <&7 >&8
   [ "$(rss_kb "$(state_pid "${cmd[@]}" state "$id")")" -ge $(( size * 1024 )) ] \
     || echo "warning: $rt restored with less than $size MiB resident" >&2
   "${cmd[@]}" delete -f "$id"
-  rm -rf "$img"
+  rm -rf "$img" "$work"
 }
 
 migrate_one() { # migrate_one SIZE ROUND
   local size="$1" n="$2" b="$TMP/b-vessel-$1" id="mig-$1-$2" out
   "$VESSEL" --root "$TMP/root-A" run -d -b "$b" "$id" <&7 >&8 2>&8
   wait_touched "$(state_pid "$VESSEL" --root "$TMP/root-A" state "$id")" "$size"
-  out="$("$VESSEL" --root "$TMP/root-A" migrate --to-root "$TMP/root-B" -b "$b" \
-    --work-dir "$TMP/mig" "$id" <&7 2>&8)"
+  # The report goes to a file: the migrated container inherits migrate's stdout (as a
+  # restore's), so a $(...) capture would wait for it forever.
+  "$VESSEL" --root "$TMP/root-A" migrate --to-root "$TMP/root-B" -b "$b" \
+    --work-dir "$TMP/mig" "$id" <&7 >"$TMP/mig.out" 2>&8
+  out="$(cat "$TMP/mig.out")"
   RES[migrate,$size]+="$(echo "$out" | sed -n 's/^downtime: \([0-9.]*\) ms.*/\1/p') "
   [ "$n" = 1 ] && echo "$out" | sed 's/^/    /' >&2
   "$VESSEL" --root "$TMP/root-B" delete -f "$id"
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
+spread() { tr ' ' '\n' | grep -v '^$' | sort -n | awk 'NR==1{lo=$1} {hi=$1} END{print lo "-" hi}'; }
 
 for size in "${SIZES[@]}"; do
   for n in $(seq 1 "$RUNS"); do
@@ -143,15 +173,20 @@ for size in "${SIZES[@]}"; do
   done
 done
 
-printf '\n%-8s %-10s %12s %12s %8s\n' "memory" "operation" "vessel ms" "runc ms" "ratio"
+printf '\n%-8s %-10s %10s %13s %10s %13s %7s\n' "memory" "operation" "vessel ms" "(min-max)" \
+  "runc ms" "(min-max)" "ratio"
 for size in "${SIZES[@]}"; do
   for op in ck rs; do
     v="$(echo "${RES[vessel,$size,$op]}" | median)"
     r="$(echo "${RES[runc,$size,$op]}" | median)"
     name=$([ "$op" = ck ] && echo checkpoint || echo restore)
-    printf '%-8s %-10s %12s %12s %8s\n' "${size}MiB" "$name" "$v" "$r" \
+    printf '%-8s %-10s %10s %13s %10s %13s %7s\n' "${size}MiB" "$name" \
+      "$v" "($(echo "${RES[vessel,$size,$op]}" | spread))" \
+      "$r" "($(echo "${RES[runc,$size,$op]}" | spread))" \
       "$(awk -v a="$v" -v b="$r" 'BEGIN{printf "%.2f", a/b}')"
   done
-  printf '%-8s %-10s %12s %12s\n' "${size}MiB" "migration" "$(echo "${RES[migrate,$size]}" | median)" "-"
+  m="${RES[migrate,$size]}"
+  printf '%-8s %-10s %10s %13s %10s\n' "${size}MiB" "migration" "$(echo "$m" | median)" \
+    "($(echo "$m" | spread))" "-"
 done
 echo "(median of $RUNS rounds; migration = vessel downtime: final dump + transfer + restore; no pre-dumps on a kernel without soft-dirty)"

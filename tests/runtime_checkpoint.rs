@@ -20,35 +20,11 @@ use serde_json::{json, Value};
 
 use runtime_support::*;
 
-/// The fixture's CRIU (fixtures/criu.sh), or why there is none.
-fn criu() -> Result<PathBuf, String> {
-    static CRIU: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    CRIU.get_or_init(|| fixture_script("criu.sh")).clone()
-}
-
 /// The static test helper (fixtures/ckpt-helper.sh), or why there is none.
 fn helper() -> Result<PathBuf, String> {
     static H: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    H.get_or_init(|| fixture_script("ckpt-helper.sh")).clone()
-}
-
-fn fixture_script(name: &str) -> Result<PathBuf, String> {
-    let out = Command::new("bash")
-        .arg(common::repo_root().join("fixtures").join(name))
-        .output()
-        .map_err(|e| format!("run fixtures/{name}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "fixtures/{name} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(format!("fixtures/{name} printed no file: {p:?}"))
-    }
+    H.get_or_init(|| common::fixture_script("ckpt-helper.sh"))
+        .clone()
 }
 
 /// Result of one `vessel` command.
@@ -81,7 +57,7 @@ struct Ck {
 
 fn ck_setup(test: &str) -> Option<Ck> {
     let env = setup(test)?;
-    let criu = match criu() {
+    let criu = match common::criu() {
         Ok(c) => c,
         Err(e) => {
             common::skip(test, &format!("no working CRIU: {e}"));
@@ -766,6 +742,7 @@ fn checkpoint_help_exits_zero() {
         "--pre-dump",
         "--parent-path",
         "--manage-cgroups-mode",
+        "--auto-dedup",
     ] {
         assert!(text.contains(flag), "checkpoint --help lacks {flag}");
     }
@@ -781,6 +758,9 @@ fn checkpoint_help_exits_zero() {
         "--pid-file",
         "--console-socket",
         "--image-path",
+        "--no-subreaper",
+        "--tcp-close",
+        "--lsm-profile",
     ] {
         assert!(text.contains(flag), "restore --help lacks {flag}");
     }
@@ -823,4 +803,275 @@ fn foreground_restore_returns_the_exit_status() {
         "cgroup left: {:?}",
         cgroup_dirs(&id)
     );
+}
+
+/// A cgroup directory this test makes in a named (unmanaged) v1 hierarchy, removed on drop.
+struct NamedCgroup(PathBuf);
+
+impl Drop for NamedCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A named v1 hierarchy of this process (`name=systemd`): its mount point and our cgroup.
+fn named_hierarchy() -> Option<(PathBuf, String)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let (name, path) = own.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, c, p) = (f.next()?, f.next()?, f.next()?);
+        c.strip_prefix("name=")
+            .map(|n| (n.to_string(), p.to_string()))
+    })?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mnt = info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mut post = post.split(' ');
+        (post.next()? == "cgroup" && post.nth(1)?.split(',').any(|o| o == format!("name={name}")))
+            .then(|| pre.split(' ').nth(4).map(PathBuf::from))?
+    })?;
+    Some((mnt, path))
+}
+
+#[test]
+fn unmanaged_named_hierarchies_are_not_recorded_nor_recreated() {
+    let test = "unmanaged_named_hierarchies_are_not_recorded_nor_recreated";
+    let Some(ck) = ck_setup(test) else { return };
+    let Some((mnt, own)) = named_hierarchy() else {
+        common::skip(test, "no named cgroup v1 hierarchy (name=...) on this host");
+        return;
+    };
+    // The container sits at our cgroup of the named hierarchy (the runtime does not manage
+    // it), next to this unrelated cgroup.
+    let other = NamedCgroup(
+        mnt.join(own.trim_start_matches('/'))
+            .join(common::unique_id("vessel-other")),
+    );
+    std::fs::create_dir(&other.0).unwrap();
+    let id = common::unique_id("ckcg");
+    ck.env.write_config(&ck.counter_config());
+    let b = ck.bundle();
+    ck.vessel(&["run", "-d", "--bundle", &b, &id]).ok("run -d");
+    ck.wait_count(|c| c >= 2, "the counter to reach 2");
+    let images = ck.env.bundle_path().join("images");
+    let img = images.to_str().unwrap();
+    ck.vessel(&["checkpoint", "--image-path", img, &id])
+        .ok("checkpoint");
+    // Gone by the time of the restore, which must neither need nor recreate it.
+    std::fs::remove_dir(&other.0).unwrap();
+    ck.vessel(&["restore", "-d", "--image-path", img, "--bundle", &b, &id])
+        .ok("restore -d");
+    assert!(
+        !other.0.exists(),
+        "the restore recreated an unrelated cgroup: {}",
+        other.0.display()
+    );
+    let pid = ck.pid_in(ck.env.root_path(), &id);
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cg.contains(&id), "{cg}");
+    ck.vessel(&["delete", "--force", &id]).ok("delete");
+    assert!(wait_gone(pid));
+    assert!(
+        cgroup_dirs(&id).is_empty(),
+        "cgroup left: {:?}",
+        cgroup_dirs(&id)
+    );
+}
+
+/// A console socket (`--console-socket`): every pty master sent to it is read by a
+/// thread into its own buffer.
+struct Console {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    outputs: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::Mutex<String>>>>>,
+}
+
+impl Console {
+    fn new() -> Console {
+        use std::io::IoSliceMut;
+        use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let outputs: Arc<Mutex<Vec<Arc<Mutex<String>>>>> = Arc::default();
+        let list = outputs.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let mut buf = [0u8; 256];
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+                let Ok(msg) = nix::sys::socket::recvmsg::<()>(
+                    conn.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    nix::sys::socket::MsgFlags::empty(),
+                ) else {
+                    return;
+                };
+                let Some(fd) = msg.cmsgs().unwrap().find_map(|c| match c {
+                    nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                    _ => None,
+                }) else {
+                    continue;
+                };
+                // SAFETY: the kernel installed this descriptor for us.
+                let mut master = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+                let out = Arc::new(Mutex::new(String::new()));
+                list.lock().unwrap().push(out.clone());
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 4096];
+                    while let Ok(n @ 1..) = master.read(&mut b) {
+                        out.lock()
+                            .unwrap()
+                            .push_str(&String::from_utf8_lossy(&b[..n]));
+                    }
+                });
+            }
+        });
+        Console {
+            _dir: dir,
+            path,
+            outputs,
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// Waits for the `n`th master (from 1) to show a line the predicate accepts.
+    fn wait_line(&self, n: usize, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        wait_for(what, || {
+            let outs = self.outputs.lock().unwrap();
+            let text = outs.get(n - 1)?.lock().unwrap().clone();
+            text.lines()
+                .map(str::trim)
+                .find(|l| pred(l))
+                .map(str::to_string)
+        })
+    }
+}
+
+#[test]
+fn terminal_container_checkpoint_and_restore_with_a_new_pty() {
+    let test = "terminal_container_checkpoint_and_restore_with_a_new_pty";
+    let Some(ck) = ck_setup(test) else { return };
+    let console = Console::new();
+    let id = common::unique_id("cktty");
+    let mut cfg = ck.config(&[
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /data/count.tmp; mv /data/count.tmp /data/count; \
+         echo tick $i; sleep 0.1; done",
+    ]);
+    cfg["process"]["terminal"] = json!(true);
+    ck.env.write_config(&cfg);
+    let b = ck.bundle();
+    ck.vessel(&[
+        "run",
+        "-d",
+        "--console-socket",
+        console.path(),
+        "--bundle",
+        &b,
+        &id,
+    ])
+    .ok("run -d with a terminal");
+    console.wait_line(1, "output on the first pty", |l| l.starts_with("tick "));
+    ck.wait_count(|c| c >= 3, "the counter to reach 3");
+    let pid = ck.pid_in(ck.env.root_path(), &id);
+    let images = ck.env.bundle_path().join("images");
+    let img = images.to_str().unwrap();
+    // The pty master is the console socket holder's, outside the container: CRIU records
+    // the slave alone (orphan-pts-master, as runc does).
+    ck.vessel(&["checkpoint", "--image-path", img, &id])
+        .ok("checkpoint");
+    assert!(wait_gone(pid));
+    let at_dump = ck.count().unwrap();
+    // Without a console socket the restore has nowhere to send the new master.
+    let o = ck.vessel(&["restore", "-d", "--image-path", img, "--bundle", &b, &id]);
+    assert!(!o.status.success());
+    assert!(o.stderr.contains("console-socket"), "{}", o.stderr);
+    assert!(!ck.env.state_dir(&id).exists());
+    // A new pty: its master goes to the console socket, the container's stdio is its slave.
+    ck.vessel(&[
+        "restore",
+        "-d",
+        "--console-socket",
+        console.path(),
+        "--image-path",
+        img,
+        "--bundle",
+        &b,
+        &id,
+    ])
+    .ok("restore -d with a console socket");
+    let line = console.wait_line(2, "output on the new pty", |l| {
+        l.strip_prefix("tick ")
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > at_dump)
+    });
+    assert!(line.starts_with("tick "), "{line}");
+    let next = ck.wait_count(|c| c != at_dump, "the restored counter to move");
+    assert_eq!(next, at_dump + 1, "restored counter did not continue");
+    let new_pid = ck.pid_in(ck.env.root_path(), &id);
+    let tty = std::fs::read_link(format!("/proc/{new_pid}/fd/0")).unwrap();
+    assert_eq!(tty, Path::new("/dev/pts/0"));
+    ck.vessel(&["delete", "--force", &id]).ok("delete");
+    assert!(wait_gone(new_pid));
+    assert!(
+        cgroup_dirs(&id).is_empty(),
+        "cgroup left: {:?}",
+        cgroup_dirs(&id)
+    );
+}
+
+#[test]
+fn host_dev_null_stdin_is_reopened_in_the_container_and_checkpointable() {
+    let test = "host_dev_null_stdin_is_reopened_in_the_container_and_checkpointable";
+    let Some(ck) = ck_setup(test) else { return };
+    let id = common::unique_id("cknull");
+    ck.env.write_config(&ck.counter_config());
+    let b = ck.bundle();
+    // As conmon starts detached containers: stdin is the host's /dev/null.
+    let (out_r, out_w) = pipe();
+    let status = Command::new(vessel_bin())
+        .arg("--root")
+        .arg(ck.env.root_path())
+        .args(["run", "-d", "--bundle", &b, &id])
+        .env("VESSEL_CRIU", &ck.criu)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w.try_clone().unwrap()))
+        .stderr(Stdio::from(out_w))
+        .status()
+        .unwrap();
+    assert!(status.success(), "run -d: {}", nonblocking_read(out_r));
+    ck.wait_count(|c| c >= 2, "the counter to reach 2");
+    let pid = ck.pid_in(ck.env.root_path(), &id);
+    // Still a /dev/null, but the container's own (its /dev), not the host's.
+    use std::os::unix::fs::MetadataExt;
+    let fd0 = std::fs::metadata(format!("/proc/{pid}/fd/0")).unwrap();
+    let host = std::fs::metadata("/dev/null").unwrap();
+    assert_eq!(fd0.rdev(), host.rdev());
+    assert_ne!((fd0.dev(), fd0.ino()), (host.dev(), host.ino()));
+    // So CRIU finds its mount (a host file would fail: "Can't lookup mount").
+    let images = ck.env.bundle_path().join("images");
+    let img = images.to_str().unwrap();
+    ck.vessel(&["checkpoint", "--image-path", img, &id])
+        .ok("checkpoint");
+    assert!(wait_gone(pid));
+    let at_dump = ck.count().unwrap();
+    ck.vessel(&["restore", "-d", "--image-path", img, "--bundle", &b, &id])
+        .ok("restore -d");
+    let next = ck.wait_count(|c| c != at_dump, "the restored counter to move");
+    assert_eq!(next, at_dump + 1);
+    let new_pid = ck.pid_in(ck.env.root_path(), &id);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{new_pid}/fd/0")).unwrap(),
+        Path::new("/dev/null")
+    );
+    ck.vessel(&["delete", "--force", &id]).ok("delete");
+    assert!(wait_gone(new_pid));
 }

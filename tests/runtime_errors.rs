@@ -165,6 +165,10 @@ fn state_errors() {
             stderr(&out)
         );
     }
+    // Like runc, `kill --all` of a stopped container succeeds (containerd's shim runs it
+    // before a forced delete).
+    let out = env.vessel(&["kill", "--all", &id, "KILL"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = env.vessel(&["delete", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!env.state_dir(&id).exists());

@@ -5,7 +5,9 @@
 //! destination), a network namespace joined by path is external (`extRootNetNS`), the
 //! container's freezer cgroup freezes the tree, and the init's stdio is recorded in
 //! `descriptors.json` in the image directory (runc's format: one entry per fd 0..2, as
-//! `readlink /proc/PID/fd/N` shows it). Without `leave_running` (and unless it is a
+//! `readlink /proc/PID/fd/N` shows it). A running container is frozen by the runtime
+//! before CRIU runs (CRIU's own freeze polls every 100 ms) and thawed after it.
+//! Without `leave_running` (and unless it is a
 //! pre-dump) the container is gone afterwards and is deleted like runc does, so the same
 //! id can be restored.
 //!
@@ -19,6 +21,10 @@
 //! process's own stdio (`inherit_fd`), as runc does. The restored init is the caller's
 //! child; its start time is saved so the status is detected like for a created one.
 //! Any failure removes what was made (CRIU kills a half-restored tree itself).
+//!
+//! Without a cgroup namespace, the container's `cgroup` mount is made of binds of host
+//! cgroup directories: they are external mounts too, bound at restore to the restored
+//! container's cgroup (see `cgroup_mounts`).
 //!
 //! Open files on host paths outside the container (e.g. the host's `/dev/null` as
 //! stdio) cannot be dumped: CRIU refuses them ("Can't lookup mount"). Give containers
@@ -37,6 +43,8 @@ use crate::integration::{self, Cgroup};
 use crate::namespaces::NamespacePlan;
 use crate::spec;
 use crate::state::{self, ContainerState, State, StateDir, Status};
+
+mod cgroup_mounts;
 
 /// File in the image directory recording the init's stdio (runc's name and format).
 pub const DESCRIPTORS_FILE: &str = "descriptors.json";
@@ -162,6 +170,8 @@ pub struct CheckpointOptions {
     /// Send memory pages to this CRIU page server instead of the image path (live
     /// migration; see [`crate::migration`]).
     pub page_server: Option<std::net::SocketAddr>,
+    /// Punch holes in the parent images for pages this dump writes (`--auto-dedup`).
+    pub auto_dedup: bool,
 }
 
 impl CheckpointOptions {
@@ -180,6 +190,7 @@ impl CheckpointOptions {
             parent_path: None,
             manage_cgroups_mode: None,
             page_server: None,
+            auto_dedup: false,
         }
     }
 }
@@ -208,6 +219,10 @@ pub struct RestoreOptions {
     pub file_locks: bool,
     /// CRIU's cgroup handling; `None` = soft.
     pub manage_cgroups_mode: Option<CgroupMode>,
+    /// Restore established TCP connections closed (`--tcp-close`).
+    pub tcp_close: bool,
+    /// LSM profile of the restored tree (`--lsm-profile`, e.g. `apparmor:NAME`).
+    pub lsm_profile: Option<String>,
 }
 
 impl RestoreOptions {
@@ -224,6 +239,8 @@ impl RestoreOptions {
             shell_job: false,
             file_locks: false,
             manage_cgroups_mode: None,
+            tcp_close: false,
+            lsm_profile: None,
         }
     }
 }
@@ -309,6 +326,32 @@ fn stdio_of(pid: i32) -> Vec<String> {
         .collect()
 }
 
+/// The cgroup hierarchies of `pid` CRIU records: all but the named (`name=...`) ones,
+/// which the runtime does not manage. The container sits in its caller's cgroup there
+/// (`name=systemd:/` here), and CRIU would record that cgroup's whole subtree (every
+/// other workload's cgroups) and recreate whatever of it is gone at restore. Left out,
+/// the restored tree stays in the restoring process's cgroup of those hierarchies, as a
+/// created container does. Empty (CRIU's default: all) when /proc/PID/cgroup is
+/// unreadable.
+fn dump_controllers(pid: i32) -> Vec<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    controllers_to_dump(&text)
+}
+
+fn controllers_to_dump(proc_cgroup: &str) -> Vec<String> {
+    let all: Vec<&str> = proc_cgroup
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .collect();
+    if all.iter().all(|c| !c.starts_with("name=")) {
+        return Vec::new();
+    }
+    all.into_iter()
+        .filter(|c| !c.starts_with("name="))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Checks that `dir` holds a checkpoint.
 pub fn check_images(dir: &Path) -> Result<()> {
     let meta = fs::metadata(dir).map_err(|e| CheckpointError::NotACheckpoint {
@@ -388,6 +431,7 @@ impl Container {
         d.parent_images = opts.parent_path.clone();
         d.track_mem = opts.parent_path.is_some();
         d.page_server = opts.page_server;
+        d.auto_dedup = opts.auto_dedup;
         d.external_mounts = bind_mounts(&spec, &self.state.oci.bundle)
             .into_iter()
             .map(|(dest, _)| ExternalMount {
@@ -395,6 +439,9 @@ impl Container {
                 path: dest,
             })
             .collect();
+        d.external_mounts
+            .extend(cgroup_mounts::for_dump(&spec, pid)?);
+        d.cgroup_dump_controllers = dump_controllers(pid);
         let cgroup = self
             .state
             .cgroup
@@ -408,11 +455,32 @@ impl Container {
             .map_err(|e| CheckpointError::Invalid(format!("descriptors: {e}")))?;
         state::write_atomic(&opts.image_path.join(DESCRIPTORS_FILE), &descriptors, 0o600)
             .map_err(ContainerError::from)?;
-        let out = if opts.pre_dump {
-            criu.pre_dump(&d)?
-        } else {
-            criu.dump(&d)?
+        // A running container is frozen here rather than by CRIU, which polls the freezer
+        // every 100 ms (so a freeze costs it at least that much); it then finds the group
+        // frozen and leaves it so. Only where the image's freezer.state (FROZEN, the
+        // state CRIU found) is not restored: soft mode skips the properties of the
+        // cgroups the restore creates first, ignore records none.
+        let prefreeze = !opts.pre_dump
+            && self.state.oci.status == Status::Running
+            && matches!(
+                d.common.manage_cgroups,
+                Some(CgroupMode::Soft | CgroupMode::Ignore)
+            );
+        let frozen = match (&cgroup, &d.freeze_cgroup) {
+            (Some(cg), Some(_)) if prefreeze => cg.freeze().is_ok().then_some(cg),
+            _ => None,
         };
+        let out = if opts.pre_dump {
+            criu.pre_dump(&d)
+        } else {
+            criu.dump(&d)
+        };
+        // Running again (leave-running, or a failed dump), or dying: a SIGKILLed task of
+        // a frozen v1 group only dies once thawed.
+        if let Some(cg) = frozen {
+            let _ = cg.thaw();
+        }
+        let out = out?;
         let mut report = CheckpointReport {
             pages_written: out.stats.as_ref().map_or(0, |s| s.pages_written),
             pages_skipped_parent: out.stats.as_ref().map_or(0, |s| s.pages_skipped_parent),
@@ -510,6 +578,8 @@ impl Container {
             criu::NetworkLock::Skip
         };
         r.root = Some(rootfs.clone());
+        r.tcp_close = opts.tcp_close;
+        r.lsm_profile = opts.lsm_profile.clone();
         r.external_mounts = bind_mounts(&spec, &bundle)
             .into_iter()
             .map(|(dest, src)| ExternalMount {
@@ -517,6 +587,11 @@ impl Container {
                 path: src,
             })
             .collect();
+        r.external_mounts.extend(cgroup_mounts::for_restore(
+            &spec,
+            &opts.image_path,
+            cgroup.as_ref(),
+        )?);
         for (n, what) in descriptors.iter().enumerate().take(3) {
             if what.starts_with("pipe:") {
                 let fd = dup(n as i32)?;
@@ -701,6 +776,15 @@ mod tests {
         assert_eq!(parse_cgroup_mode("ignore").unwrap(), CgroupMode::Ignore);
         let e = parse_cgroup_mode("bogus").unwrap_err().to_string();
         assert!(e.contains("bogus") && e.contains("soft"), "{e}");
+    }
+
+    #[test]
+    fn named_cgroup_hierarchies_are_not_dumped() {
+        let hybrid = "9:name=systemd:/\n4:memory:/a/c\n2:cpu,cpuacct:/a/c\n0::/a/c\n";
+        assert_eq!(controllers_to_dump(hybrid), ["memory", "cpu,cpuacct", ""]);
+        // Nothing to leave out: CRIU's default (all).
+        assert!(controllers_to_dump("4:memory:/a/c\n0::/a/c\n").is_empty());
+        assert!(controllers_to_dump("").is_empty());
     }
 
     #[test]

@@ -606,6 +606,23 @@ impl Container {
         let _lock = self.dir.lock()?;
         self.reload()?;
         if self.status() == Status::Stopped {
+            if all {
+                // As runc: `kill --all` of a stopped container succeeds, signalling what
+                // is left in its cgroup (processes that outlived an init without a pid
+                // namespace). containerd's shim runs it before every forced delete.
+                let cg = self
+                    .state
+                    .cgroup
+                    .as_ref()
+                    .and_then(integration::cgroup_from_json);
+                for p in cg
+                    .and_then(|cg| integration::cgroup_pids(&cg).ok())
+                    .unwrap_or_default()
+                {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(p), signal);
+                }
+                return Ok(());
+            }
             return Err(ContainerError::BadStatus {
                 op: "signal",
                 id: self.id().to_string(),

@@ -92,3 +92,31 @@ pub fn remove_cgroup_everywhere(rel: &str) {
         }
     }
 }
+
+/// Runs `fixtures/NAME` (an idempotent fixture script printing a file's path) and
+/// returns that file, or why there is none.
+pub fn fixture_script(name: &str) -> Result<PathBuf, String> {
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("fixtures").join(name))
+        .output()
+        .map_err(|e| format!("run fixtures/{name}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "fixtures/{name} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!("fixtures/{name} printed no file: {p:?}"))
+    }
+}
+
+/// The fixture's CRIU (fixtures/criu.sh: 4.1.1, as bookworm's 3.17 fails on this
+/// kernel), or why there is none.
+pub fn criu() -> Result<PathBuf, String> {
+    static CRIU: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    CRIU.get_or_init(|| fixture_script("criu.sh")).clone()
+}

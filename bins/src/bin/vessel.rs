@@ -15,6 +15,8 @@ use vessel_runtime::{spec, state, terminal, wait};
 
 #[path = "../cli/checkpoint.rs"]
 mod checkpoint;
+#[path = "../cli/goflags.rs"]
+mod goflags;
 #[path = "../cli/ops.rs"]
 mod ops;
 
@@ -23,7 +25,10 @@ mod ops;
     name = "vessel",
     version,
     about = "Run OCI containers (runc-compatible command line)",
-    propagate_version = true
+    propagate_version = true,
+    // runc (urfave/cli) takes a flag given twice, the last one winning; podman passes
+    // `checkpoint --leave-running --leave-running` with `--leave-running --export`.
+    args_override_self = true
 )]
 struct Cli {
     /// Root directory for container state (default /run/vessel; for a non-root user
@@ -281,8 +286,26 @@ impl Logger {
 
 type CliResult = Result<u8, Box<dyn std::error::Error>>;
 
+/// argv, with Go-style `-long` flags (runc's parser takes them; containerd's shim passes
+/// `restore -no-subreaper`) rewritten for clap; see [`goflags`].
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let go_style = args.iter().skip(1).any(|a| {
+        a.to_str()
+            .is_some_and(|s| s.len() > 2 && s.starts_with('-') && !s.starts_with("--"))
+    });
+    if go_style && !args.is_empty() {
+        let rest = args.split_off(1);
+        args.extend(goflags::normalize(
+            &<Cli as clap::CommandFactory>::command(),
+            rest,
+        ));
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args());
     let mut log = Logger::new(&cli);
     log.debug(&format!("{:?}", cli.cmd));
     match run(&cli, &mut log) {

@@ -52,6 +52,9 @@ pub struct CheckpointArgs {
     /// Path for the previous criu image files of a pre-dump.
     #[arg(long)]
     parent_path: Option<PathBuf>,
+    /// Punch holes in the parent images for pages this checkpoint writes.
+    #[arg(long)]
+    auto_dedup: bool,
     /// Also save the container's rootfs and config next to the images (a stateful
     /// snapshot restorable with `restore --from-snapshot DIR`): DIR/images, DIR/bundle.
     #[arg(long, value_name = "DIR")]
@@ -77,6 +80,16 @@ pub struct RestoreArgs {
     /// Unix socket that receives the pty master when process.terminal is set.
     #[arg(long)]
     console_socket: Option<PathBuf>,
+    /// Accepted for runc compatibility (containerd's shim passes it): vessel never makes
+    /// the restoring process a subreaper, the restored init is its plain child.
+    #[arg(long)]
+    no_subreaper: bool,
+    /// Restore established TCP connections closed.
+    #[arg(long)]
+    tcp_close: bool,
+    /// LSM profile of the restored process (TYPE:NAME, e.g. apparmor:NAME).
+    #[arg(long)]
+    lsm_profile: Option<String>,
     /// Restore from a snapshot made with `checkpoint --snapshot DIR`: its rootfs and config
     /// are copied to --bundle (which must not exist yet) and its images are used.
     #[arg(long, value_name = "DIR")]
@@ -109,6 +122,7 @@ pub fn checkpoint(root: &Path, a: &CheckpointArgs) -> CliResult {
     o.leave_running = a.leave_running;
     o.pre_dump = a.pre_dump;
     o.parent_path = a.parent_path.clone();
+    o.auto_dedup = a.auto_dedup;
     if let Some(dir) = &a.snapshot {
         vessel_runtime::snapshot::snapshot(root, &a.id, dir, &o)?;
         return Ok(0);
@@ -131,6 +145,8 @@ pub fn restore(root: &Path, a: &RestoreArgs) -> CliResult {
     o.manage_cgroups_mode = mode(&a.common)?;
     o.pid_file = a.pid_file.clone();
     o.console_socket = a.console_socket.clone();
+    o.tcp_close = a.tcp_close;
+    o.lsm_profile = a.lsm_profile.clone();
     let sigs = if a.detach {
         None
     } else {

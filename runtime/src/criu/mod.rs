@@ -40,8 +40,14 @@
 //!   `/dev` style mounts the runtime recreates; `skip_mounts` for those it does not want.
 //!   Masked/readonly paths mounted by the runtime are bind mounts too and need the same.
 //! - `common.manage_cgroups`: `Some(CgroupMode::Soft)` (runc's default) to record the
-//!   container's cgroups; `freeze_cgroup`: the container's freezer cgroup so CRIU
-//!   freezes it atomically instead of ptrace-stopping every task.
+//!   container's cgroups; `cgroup_dump_controllers`: the hierarchies the runtime manages
+//!   (CRIU records the whole subtree below the tree's cgroup of each hierarchy, which for
+//!   an unmanaged `name=systemd:/` is every workload's); `freeze_cgroup`: the container's
+//!   freezer cgroup so CRIU freezes it atomically instead of ptrace-stopping every task
+//!   (a group the caller froze already is left frozen).
+//! - without a cgroup namespace, the binds of host cgroup directories that make up the
+//!   container's `/sys/fs/cgroup` are `external_mounts` too, bound at restore to the
+//!   restored container's cgroup directories.
 //! - `common.external`: `net[INODE]:KEY` when the network namespace is external (a path
 //!   in config.json) so it is not dumped; `common.ext_unix_sk`, `tcp_established`,
 //!   `file_locks`, `shell_job` from the checkpoint command line; `leave_running` for

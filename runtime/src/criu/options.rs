@@ -207,6 +207,12 @@ pub struct DumpOptions {
     pub freeze_cgroup: Option<PathBuf>,
     /// Bind mounts to record as external rather than dump.
     pub external_mounts: Vec<ExternalMount>,
+    /// `--cgroup-dump-controller`: the cgroup hierarchies to record, named as in
+    /// `/proc/PID/cgroup` (`memory`, `cpu,cpuacct`, `""` for cgroup2); empty: all. CRIU
+    /// records the whole subtree below the tree's cgroup in each hierarchy and recreates
+    /// missing directories of it at restore, so a hierarchy where the tree sits at a
+    /// shared cgroup (e.g. `name=systemd:/`) must be left out.
+    pub cgroup_dump_controllers: Vec<String>,
     /// Mount points CRIU must skip (`--skip-mnt`).
     pub skip_mounts: Vec<PathBuf>,
     /// `--ghost-limit`: largest unlinked-but-open file CRIU copies into the images.
@@ -232,6 +238,7 @@ impl DumpOptions {
             tcp_skip_in_flight: false,
             freeze_cgroup: None,
             external_mounts: Vec::new(),
+            cgroup_dump_controllers: Vec::new(),
             skip_mounts: Vec::new(),
             ghost_limit: None,
             page_server: None,
@@ -273,6 +280,8 @@ impl DumpOptions {
             o.external
                 .push(format!("mnt[{}]:{}", m.path.to_string_lossy(), m.key));
         }
+        o.cgroup_dump_controller
+            .extend(self.cgroup_dump_controllers.iter().cloned());
         o.skip_mnt.extend(
             self.skip_mounts
                 .iter()
@@ -478,9 +487,12 @@ mod tests {
         assert_eq!(o.manage_cgroups_mode(), rpc::Criu_cg_mode::SOFT);
         assert_eq!(o.network_lock(), rpc::Criu_network_lock_method::SKIP);
         assert_eq!(o.external, vec!["mnt[/mnt/data]:data".to_string()]);
+        assert!(o.cgroup_dump_controller.is_empty());
         assert_eq!(o.log_file(), "dump.log");
         assert!(!o.has_work_dir_fd());
         assert!(o.ps.is_none());
+        d.cgroup_dump_controllers = vec!["memory".into(), "".into()];
+        assert_eq!(d.to_rpc(7, None).cgroup_dump_controller, ["memory", ""]);
         d.page_server = Some(std::net::SocketAddr::from(([10, 0, 0, 2], 2700)));
         let o = d.to_rpc(7, Some(8));
         assert_eq!((o.ps.address(), o.ps.port()), ("10.0.0.2", 2700));

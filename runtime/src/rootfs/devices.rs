@@ -89,6 +89,47 @@ pub(crate) fn device_list(spec_devices: &[LinuxDevice]) -> Vec<Dev> {
     out
 }
 
+/// After pivot_root: stdio that is a `/dev/null` from outside the container (a runtime's
+/// caller such as conmon hands the host's `/dev/null` to detached containers) is pointed
+/// at the container's own `/dev/null`, as runc does. Nothing changes for the process, but
+/// a descriptor on a file outside the container's mounts cannot be checkpointed (CRIU:
+/// "Can't lookup mount"). Closed descriptors are left closed; without a `/dev/null` in
+/// the container nothing is done.
+pub(crate) fn reopen_dev_null() -> Result<(), RootfsError> {
+    use std::os::fd::AsFd;
+    let Ok(null) = nix::fcntl::open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+    else {
+        return Ok(());
+    };
+    let Ok(null_st) = nix::sys::stat::fstat(&null) else {
+        return Ok(());
+    };
+    let is_chr = |mode: u32| mode & SFlag::S_IFMT.bits() == SFlag::S_IFCHR.bits();
+    if !is_chr(null_st.st_mode) {
+        return Ok(());
+    }
+    let same = |fd: BorrowedFd<'_>| {
+        nix::sys::stat::fstat(fd).is_ok_and(|st| {
+            is_chr(st.st_mode)
+                && st.st_rdev == null_st.st_rdev
+                && (st.st_dev, st.st_ino) != (null_st.st_dev, null_st.st_ino)
+        })
+    };
+    fn e(n: &'static str) -> impl Fn(Errno) -> RootfsError {
+        move |errno| RootfsError::path("point at the container's /dev/null:", n, errno)
+    }
+    if same(std::io::stdin().as_fd()) {
+        nix::unistd::dup2_stdin(&null).map_err(e("stdin"))?;
+    }
+    if same(std::io::stdout().as_fd()) {
+        nix::unistd::dup2_stdout(&null).map_err(e("stdout"))?;
+    }
+    if same(std::io::stderr().as_fd()) {
+        nix::unistd::dup2_stderr(&null).map_err(e("stderr"))?;
+    }
+    Ok(())
+}
+
 /// Create `devs` in the rootfs, then the /dev symlinks and /dev/ptmx.
 pub(crate) fn setup(root: BorrowedFd<'_>, devs: &[Dev]) -> Result<(), RootfsError> {
     // umask(0) once rather than a chmod per node; restored before returning.

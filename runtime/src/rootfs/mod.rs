@@ -10,7 +10,8 @@
 //!    `openat2(RESOLVE_IN_ROOT)` so symlinks cannot point a mount outside it;
 //! 4. devices (defaults + `linux.devices`, mknod or host bind in a user
 //!    namespace), /dev/ptmx and the /dev symlinks — unless /dev is a bind mount;
-//! 5. pivot_root (or MS_MOVE + chroot with [`Options::no_pivot`]);
+//! 5. pivot_root (or MS_MOVE + chroot with [`Options::no_pivot`]); stdio that is the
+//!    host's `/dev/null` is reopened on the container's (checkpointable) one;
 //! 6. `linux.sysctl` (before /proc/sys may become read-only);
 //! 7. maskedPaths, readonlyPaths, read-only `/`, rootfsPropagation of `/`.
 //!
@@ -35,7 +36,7 @@ mod copyup;
 mod devices;
 mod error;
 mod idmap;
-mod mountinfo;
+pub(crate) mod mountinfo;
 mod mounts;
 mod options;
 mod paths;
@@ -252,6 +253,9 @@ pub fn prepare_with_root(
         pivot::pivot(root.as_fd())?;
     }
     drop(root);
+    if !dev_is_bind {
+        devices::reopen_dev_null()?;
+    }
     let root = open(
         "/",
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,

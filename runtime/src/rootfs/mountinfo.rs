@@ -3,7 +3,7 @@
 //! Hand-written: the `procfs` crate would pull in a large dependency tree
 //! for a ten-line parser.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One line of mountinfo.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +82,52 @@ pub(crate) fn read_proc_file(path: &str) -> std::io::Result<String> {
         buf.extend_from_slice(&chunk[..n]);
     }
     String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// The lines of `/proc/PID/cgroup`: (controllers or `name=x`, "" for cgroup2; path).
+pub(crate) fn parse_proc_cgroup(text: &str) -> Vec<(String, PathBuf)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let _id = it.next()?;
+            let ctrls = it.next()?;
+            let path = it.next()?;
+            Some((ctrls.to_string(), PathBuf::from(path)))
+        })
+        .collect()
+}
+
+/// The controllers (and `name=`) of a v1 hierarchy from its super options.
+pub(crate) fn v1_subsystems(super_options: &str) -> Vec<&str> {
+    super_options
+        .split(',')
+        .filter(|o| {
+            o.starts_with("name=")
+                || !matches!(
+                    *o,
+                    "rw" | "ro"
+                        | "xattr"
+                        | "noprefix"
+                        | "clone_children"
+                        | "cpuset_v2_mode"
+                        | "favordynmods"
+                ) && !o.contains('=')
+        })
+        .collect()
+}
+
+/// Whether the subsystems `a` are exactly the comma-separated list `b` (any order).
+pub(crate) fn same_set(a: &[&str], b: &str) -> bool {
+    let b: Vec<&str> = b.split(',').collect();
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+/// Host directory of cgroup `rel` (as listed in /proc/self/cgroup) within the
+/// hierarchy mounted at `h`.
+pub(crate) fn host_cgroup_dir(h: &MountEntry, rel: &Path) -> PathBuf {
+    let rel = rel.strip_prefix(&h.root).unwrap_or(rel);
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    h.mount_point.join(rel)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use oci_spec::runtime::Mount;
 use super::copyup;
 use super::error::RootfsError;
 use super::idmap::PreparedMount;
-use super::mountinfo::{self, MountEntry};
+use super::mountinfo::{self, host_cgroup_dir, same_set, v1_subsystems, MountEntry};
 use super::options::{self, Kind, Parsed};
 use super::resolve::{ensure_in_root, open_in_root, Want};
 use super::sys::{self, MountAttr};
@@ -282,45 +282,6 @@ fn filesystem(
     apply_propagation(top.as_fd(), p, e)
 }
 
-/// One line of /proc/self/cgroup: (controllers or `name=x`, path).
-fn own_cgroups() -> Result<Vec<(String, PathBuf)>, Errno> {
-    let text = mountinfo::read_proc_file("/proc/self/cgroup").map_err(|e| io_errno(&e))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.splitn(3, ':');
-            let _id = it.next()?;
-            let ctrls = it.next()?;
-            let path = it.next()?;
-            Some((ctrls.to_string(), PathBuf::from(path)))
-        })
-        .collect())
-}
-
-/// The controllers (and `name=`) of a v1 hierarchy from its super options.
-fn v1_subsystems(super_options: &str) -> Vec<&str> {
-    super_options
-        .split(',')
-        .filter(|o| {
-            o.starts_with("name=")
-                || !matches!(
-                    *o,
-                    "rw" | "ro"
-                        | "xattr"
-                        | "noprefix"
-                        | "clone_children"
-                        | "cpuset_v2_mode"
-                        | "favordynmods"
-                ) && !o.contains('=')
-        })
-        .collect()
-}
-
-fn same_set(a: &[&str], b: &str) -> bool {
-    let b: Vec<&str> = b.split(',').collect();
-    a.len() == b.len() && a.iter().all(|x| b.contains(x))
-}
-
 /// The `cgroup` mount type: on a host with v1 hierarchies, a tmpfs holding one
 /// mount per hierarchy showing the container's own cgroup (a fresh cgroup
 /// mount inside a cgroup namespace, else a bind of the host directory); on
@@ -337,7 +298,10 @@ fn cgroup(ctx: &mut Ctx<'_>, dest: &Path, p: &Parsed, e: &MountErr<'_>) -> Resul
         })
         .cloned()
         .collect();
-    let own = own_cgroups().map_err(e.at("read /proc/self/cgroup"))?;
+    let own = mountinfo::read_proc_file("/proc/self/cgroup")
+        .map(|t| mountinfo::parse_proc_cgroup(&t))
+        .map_err(|e| io_errno(&e))
+        .map_err(e.at("read /proc/self/cgroup"))?;
     let target =
         ensure_in_root(root, dest, Want::Dir).map_err(e.at("resolve/create mount point"))?;
     let v1: Vec<&MountEntry> = table.iter().filter(|m| m.fstype == "cgroup").collect();
@@ -457,12 +421,4 @@ fn cgroup(ctx: &mut Ctx<'_>, dest: &Path, p: &Parsed, e: &MountErr<'_>) -> Resul
             .map_err(e.at("remount cgroup tmpfs read-only"))?;
     }
     Ok(())
-}
-
-/// Host directory of cgroup `rel` (as listed in /proc/self/cgroup) within the
-/// hierarchy mounted at `h`.
-fn host_cgroup_dir(h: &MountEntry, rel: &Path) -> PathBuf {
-    let rel = rel.strip_prefix(&h.root).unwrap_or(rel);
-    let rel = rel.strip_prefix("/").unwrap_or(rel);
-    h.mount_point.join(rel)
 }
