@@ -386,7 +386,7 @@ impl Container {
         }
         // Unless it joined itself, the init sets up its namespaces and most of its rootfs
         // while we put it into its cgroup (see `process::child`).
-        parent_ch.send(&Msg::Go(pid))?;
+        send_to_init(&parent_ch, &Msg::Go(pid))?;
         if let Some(cg) = &cgroup {
             let joined = match &self_join {
                 Some(sj) => finish_self_join(cg, sj, born_in_v2, pid),
@@ -874,7 +874,7 @@ impl Container {
                 (Some(cg), None) => integration::cgroup_join(cg, pid)?,
                 (None, _) => {}
             }
-            parent_ch.send(&Msg::Go(pid))?;
+            send_to_init(&parent_ch, &Msg::Go(pid))?;
             send_to_init(&parent_ch, &Msg::CgroupJoined)?;
             wait_ready(&parent_ch, &spec, &self.state.oci)?;
             if let Some(pf) = &opts.pid_file {
@@ -935,7 +935,6 @@ fn expect_from_child(ch: &Channel, want: Msg) -> Result<()> {
     }
 }
 
-/// Waits for `Ready`, forwarding a seccomp listener fd on the way.
 /// Clones the init or an exec'd process, straight into the cgroup2 cgroup of `sj` when
 /// it has one (`clone3`), else or on a kernel without `CLONE_INTO_CGROUP` with a plain
 /// clone. Also returns whether the child was born in that cgroup.
@@ -996,6 +995,7 @@ fn init_error_or(ch: &Channel, pid: i32, e: ContainerError) -> ContainerError {
     }
 }
 
+/// Waits for `Ready`, forwarding a seccomp listener fd on the way.
 fn wait_ready(ch: &Channel, spec: &Spec, state: &State) -> Result<()> {
     loop {
         match ch.recv() {

@@ -182,8 +182,9 @@ fn hook_state(setup: &Setup<'_>, pid: i32, status: Status) -> String {
     serde_json::to_string(&st).unwrap_or_default()
 }
 
-/// Waits once for the parent's `CgroupJoined`, then unshares the cgroup namespace if the
-/// spec asks for a new one (see the module docs).
+/// Passed once: joins the cgroups itself when it has the handles, waits for the parent's
+/// `CgroupJoined`, then unshares the cgroup namespace if the spec asks for a new one (see
+/// the module docs).
 struct CgroupGate<'a> {
     channel: &'a Channel,
     self_join: Option<&'a integration::CgroupSelfJoin>,
