@@ -228,6 +228,22 @@ struct Count {
     n: u64,
 }
 
+/// The counter log is one run (one UUID), every number once and in order: the restored
+/// process went on from its memory (a restart would print a new UUID from 1).
+fn assert_one_run(log: &[Count], at_dump: usize) {
+    let run = &log[0].run;
+    let expect: Vec<Count> = (1..=log.len() as u64)
+        .map(|n| Count {
+            run: run.clone(),
+            n,
+        })
+        .collect();
+    assert_eq!(
+        log, expect,
+        "counter after restore (checkpointed at {at_dump})"
+    );
+}
+
 impl Count {
     fn parse(line: &str) -> Count {
         let (run, n) = line
@@ -433,17 +449,7 @@ fn checkpoint_and_restore_continue(test: &str, run_flags: &[&str]) {
     });
     // One run, every number once and in order: the restored shell went on from its
     // memory (a restart would print a new UUID from 1).
-    let run = &log[0].run;
-    let expect: Vec<Count> = (1..=log.len() as u64)
-        .map(|n| Count {
-            run: run.clone(),
-            n,
-        })
-        .collect();
-    assert_eq!(
-        log, expect,
-        "counter after restore (checkpointed at {at_dump})"
-    );
+    assert_one_run(&log, at_dump);
     // A full container again: exec joins it, and its cgroup mount is its own cgroup.
     let out = p.ok(&["exec", &name, "cat", "/proc/1/cmdline"]);
     assert!(
@@ -570,17 +576,7 @@ fn podman_checkpoint_and_restore_a_container_with_a_terminal() {
     let log = p.wait_log(&name, "the restored counter to go on", |l| {
         l.len() >= at_dump + 3
     });
-    let run = &log[0].run;
-    let expect: Vec<Count> = (1..=log.len() as u64)
-        .map(|n| Count {
-            run: run.clone(),
-            n,
-        })
-        .collect();
-    assert_eq!(
-        log, expect,
-        "counter after restore (checkpointed at {at_dump})"
-    );
+    assert_one_run(&log, at_dump);
     let tty = std::fs::read_link(format!("/proc/{new_pid}/fd/1")).unwrap();
     assert!(
         tty.starts_with("/dev/pts/"),

@@ -244,6 +244,18 @@ fn ino(p: impl AsRef<Path>) -> u64 {
     std::fs::metadata(p).unwrap().ino()
 }
 
+/// `delete --force`, then the init is gone and so are the state directory and cgroups.
+fn delete_and_check_gone(ck: &Ck, id: &str, pid: i64) {
+    ck.vessel(&["delete", "--force", id]).ok("delete");
+    assert!(wait_gone(pid));
+    assert!(!ck.env.state_dir(id).exists());
+    assert!(
+        cgroup_dirs(id).is_empty(),
+        "cgroup left: {:?}",
+        cgroup_dirs(id)
+    );
+}
+
 #[test]
 fn checkpoint_stops_and_restore_continues_the_counter() {
     let Some(ck) = ck_setup("checkpoint_stops_and_restore_continues_the_counter") else {
@@ -301,14 +313,7 @@ fn checkpoint_stops_and_restore_continues_the_counter() {
         cg.contains(&id),
         "restored init is not in the container's cgroup: {cg}"
     );
-    ck.vessel(&["delete", "--force", &id]).ok("delete");
-    assert!(wait_gone(new_pid));
-    assert!(!ck.env.state_dir(&id).exists());
-    assert!(
-        cgroup_dirs(&id).is_empty(),
-        "cgroup left: {:?}",
-        cgroup_dirs(&id)
-    );
+    delete_and_check_gone(&ck, &id, new_pid);
 }
 
 #[test]
@@ -869,13 +874,7 @@ fn unmanaged_named_hierarchies_are_not_recorded_nor_recreated() {
     let pid = ck.pid_in(ck.env.root_path(), &id);
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(cg.contains(&id), "{cg}");
-    ck.vessel(&["delete", "--force", &id]).ok("delete");
-    assert!(wait_gone(pid));
-    assert!(
-        cgroup_dirs(&id).is_empty(),
-        "cgroup left: {:?}",
-        cgroup_dirs(&id)
-    );
+    delete_and_check_gone(&ck, &id, pid);
 }
 
 /// A console socket (`--console-socket`): every pty master sent to it is read by a
@@ -1019,13 +1018,7 @@ fn terminal_container_checkpoint_and_restore_with_a_new_pty() {
     let new_pid = ck.pid_in(ck.env.root_path(), &id);
     let tty = std::fs::read_link(format!("/proc/{new_pid}/fd/0")).unwrap();
     assert_eq!(tty, Path::new("/dev/pts/0"));
-    ck.vessel(&["delete", "--force", &id]).ok("delete");
-    assert!(wait_gone(new_pid));
-    assert!(
-        cgroup_dirs(&id).is_empty(),
-        "cgroup left: {:?}",
-        cgroup_dirs(&id)
-    );
+    delete_and_check_gone(&ck, &id, new_pid);
 }
 
 #[test]
