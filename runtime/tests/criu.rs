@@ -123,6 +123,9 @@ struct Shape {
     tty_master: Option<RawFd>,
     /// Give the counter a network namespace of its own (CRIU then locks its network).
     net_ns: bool,
+    /// `MADV_NOHUGEPAGE` on the touched area, so soft-dirty tracks 4 KiB pages rather than
+    /// whole 2 MiB transparent huge pages (the pre-dump figures then count what changed).
+    no_huge_pages: bool,
 }
 
 /// A forked process tree (root = session leader); killed and reaped on drop.
@@ -259,6 +262,9 @@ unsafe fn counter_child(
             );
             if m == libc::MAP_FAILED {
                 libc::_exit(3);
+            }
+            if shape.no_huge_pages {
+                libc::madvise(m, len, libc::MADV_NOHUGEPAGE);
             }
             let p = m as *mut u8;
             let mut off = 0;
@@ -1562,41 +1568,28 @@ const GUEST_MODULES: &[&str] = &[
     "kernel/net/packet/af_packet_diag.ko",
 ];
 
-/// Boots Debian's cloud kernel (which tracks dirty pages) in qemu with the fixture's CRIU
-/// and this test binary, and runs [`GUEST_TESTS`] there; passes only if all of them passed
-/// in the guest. Prints the incremental-dump figures the guest measured.
-#[test]
-fn criu_tests_in_qemu_guest() {
-    const NAME: &str = "criu_tests_in_qemu_guest";
-    if qemu_guest::in_guest() {
-        return; // we are the guest: GUEST_TESTS run instead
-    }
-    let kernel = match qemu_guest::kernel() {
-        Ok(k) => k,
-        Err(reason) => return skip(NAME, &reason),
-    };
+/// A qemu guest on Debian's cloud kernel (which tracks dirty pages) holding the fixture's
+/// CRIU, its modules and this test binary as `/bin/vessel-criu-tests`; `tests` is the shell
+/// line that runs the tests inside (after `criu check`). Returns the guest and its kernel,
+/// or why it cannot be had.
+fn criu_guest(tests: &str) -> Result<(Guest, PathBuf), String> {
+    let kernel = qemu_guest::kernel()?;
     if !qemu_guest::kernel_has("MEM_SOFT_DIRTY") || !qemu_guest::kernel_has("CHECKPOINT_RESTORE") {
-        return skip(
-            NAME,
-            "guest kernel lacks CONFIG_MEM_SOFT_DIRTY or CONFIG_CHECKPOINT_RESTORE",
-        );
+        return Err("guest kernel lacks CONFIG_MEM_SOFT_DIRTY or CONFIG_CHECKPOINT_RESTORE".into());
     }
     // The host's fixture run builds (and checks) the CRIU tree the guest gets.
-    let wrapper = match criu() {
-        Ok(c) => c.path().to_path_buf(),
-        Err(reason) => return skip(NAME, &reason),
-    };
-    let dir = wrapper.parent().unwrap();
+    let wrapper = criu()?.path().to_path_buf();
+    let dir = wrapper.parent().ok_or("criu wrapper has no directory")?;
     let root = dir.join("root");
     let script = format!(
         "/fixtures/criu/criu check || exit 1\n\
          echo guest > /fixtures/criu/check-ok # what fixtures/criu.sh stamps after a check\n\
          export VESSEL_FIXTURES=/fixtures\n\
-         /bin/vessel-criu-tests --exact --test-threads=1 --nocapture {}",
-        GUEST_TESTS.join(" ")
+         {tests}"
     );
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut guest = Guest::new(&script)
-        .binary(&std::env::current_exe().unwrap(), "vessel-criu-tests")
+        .binary(&exe, "vessel-criu-tests")
         .copy(&wrapper, "/fixtures/criu/criu")
         .memory("768M")
         .append("cgroup_no_v1=all");
@@ -1607,6 +1600,124 @@ fn criu_tests_in_qemu_guest() {
     for m in GUEST_MODULES {
         guest = guest.module(m);
     }
+    Ok((guest, kernel))
+}
+
+/// Marks a line of [`predump_downtime_rounds`]' figures.
+const DOWNTIME: &str = "VESSEL-PREDUMP-DOWNTIME";
+
+/// Migration downtime (final dump + restore) after 0, 1 and 2 pre-dump rounds, for 16 and
+/// 64 MiB of touched memory that the process keeps dirtying (one page per 100 ms). Needs
+/// soft-dirty tracking, so it runs in the guest: see [`criu_predump_downtime_in_qemu_guest`].
+/// Figures, not assertions (beyond "the chain restores").
+#[test]
+#[ignore]
+fn predump_downtime_rounds() {
+    let criu = criu_or_skip!("predump_downtime_rounds");
+    if !criu.features().unwrap().mem_track {
+        return skip(
+            "predump_downtime_rounds",
+            "kernel lacks dirty-page tracking (CONFIG_MEM_SOFT_DIRTY)",
+        );
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for mib in [16usize, 64] {
+        for rounds in 0..=2usize {
+            let dir = TempDir::new();
+            let mut tree = spawn_tree(
+                dir.path(),
+                Shape {
+                    mem_mib: mib,
+                    no_huge_pages: true,
+                    ..Shape::default()
+                },
+            );
+            let mut parent: Option<PathBuf> = None;
+            for r in 0..rounds {
+                let name = format!("pre{r}");
+                let mut opts = DumpOptions::new(tree.root, dir.sub(&name));
+                opts.track_mem = true;
+                opts.parent_images = parent.take();
+                criu.pre_dump(&opts).unwrap();
+                parent = Some(format!("../{name}").into());
+                // The tree runs (and dirties pages) between rounds, as during a transfer.
+                let at = tree.count();
+                tree.wait_count(|n| n > at, "count after pre-dump");
+            }
+            let members = session_members(tree.root);
+            let images = dir.sub("final");
+            let mut opts = DumpOptions::new(tree.root, &images);
+            opts.track_mem = rounds > 0;
+            opts.parent_images = parent;
+            let t = Instant::now();
+            let stats = criu.dump(&opts).unwrap().stats.unwrap();
+            let dump = t.elapsed();
+            tree.reap_after_dump(&members);
+            let at_dump = tree.count();
+            let t = Instant::now();
+            let restored = criu.restore(RestoreOptions::new(&images)).unwrap();
+            let restore = t.elapsed();
+            tree.restored(restored.pid, restored.is_child);
+            tree.wait_count(|c| c != at_dump, "count after restore");
+            println!(
+                "{DOWNTIME} mib={mib} predumps={rounds} downtime_ms={:.0} dump_ms={:.0} restore_ms={:.0} frozen_ms={:.0} final_pages={} skipped_parent={}",
+                ms(dump + restore),
+                ms(dump),
+                ms(restore),
+                f64::from(stats.frozen_time_us) / 1e3,
+                stats.pages_written,
+                stats.pages_skipped_parent,
+            );
+        }
+    }
+}
+
+/// Runs [`predump_downtime_rounds`] in the qemu guest and prints its figures. Under TCG
+/// every CRIU call has a fixed cost of seconds (its start-up probes), so compare the rows
+/// with each other, not with the host's. Takes a few minutes:
+/// `cargo test -p vessel-runtime --test criu -- --ignored --nocapture --exact criu_predump_downtime_in_qemu_guest`.
+#[test]
+#[ignore]
+fn criu_predump_downtime_in_qemu_guest() {
+    const NAME: &str = "criu_predump_downtime_in_qemu_guest";
+    if qemu_guest::in_guest() {
+        return;
+    }
+    let script = "/bin/vessel-criu-tests --exact --ignored --test-threads=1 --nocapture predump_downtime_rounds";
+    let (guest, kernel) = match criu_guest(script) {
+        Ok(g) => g,
+        Err(reason) => return skip(NAME, &reason),
+    };
+    let run = guest.run(&kernel);
+    run.assert_ok("pre-dump downtime rounds");
+    let rows: Vec<&str> = run
+        .lines
+        .iter()
+        .filter_map(|l| l.split_once(DOWNTIME).map(|(_, f)| f.trim()))
+        .collect();
+    assert_eq!(rows.len(), 6, "one row per size and round count");
+    for r in rows {
+        println!("pre-dump downtime in the guest: {r}");
+    }
+}
+
+/// Boots Debian's cloud kernel (which tracks dirty pages) in qemu with the fixture's CRIU
+/// and this test binary, and runs [`GUEST_TESTS`] there; passes only if all of them passed
+/// in the guest. Prints the incremental-dump figures the guest measured.
+#[test]
+fn criu_tests_in_qemu_guest() {
+    const NAME: &str = "criu_tests_in_qemu_guest";
+    if qemu_guest::in_guest() {
+        return; // we are the guest: GUEST_TESTS run instead
+    }
+    let script = format!(
+        "/bin/vessel-criu-tests --exact --test-threads=1 --nocapture {}",
+        GUEST_TESTS.join(" ")
+    );
+    let (guest, kernel) = match criu_guest(&script) {
+        Ok(g) => g,
+        Err(reason) => return skip(NAME, &reason),
+    };
     let run = guest.run(&kernel);
     run.assert_ok("CRIU tests");
     assert_eq!(
