@@ -60,7 +60,9 @@ fn command(env: &Env, vmm: Vmm, cmdline: &str) -> Command {
                 "microvm,x-option-roms=off,rtc=off",
                 "-enable-kvm",
                 "-cpu",
-                "host",
+                // Some kvm_pvm hosts refuse qemu's write of IA32_ARCH_CAPABILITIES (MSR 0x10a)
+                // and qemu aborts; the guest does not need it.
+                "host,-arch-capabilities",
             ])
             .args(["-m", &format!("{GUEST_MIB}M"), "-smp", "1"])
             .args([
