@@ -75,12 +75,27 @@ pub fn own_cgroup() -> String {
 
 /// Removes the cgroup `rel` and everything below it from every hierarchy, deepest first.
 pub fn remove_cgroup_everywhere(rel: &str) {
+    // A process that is still dying keeps its cgroup busy (EBUSY), and a client's own
+    // clean-up process (podman's `container cleanup`, started by conmon) may still be at work
+    // in it: retry for a while until the tree is gone from every hierarchy.
+    for _ in 0..100 {
+        if !remove_cgroup_tree_once(rel) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+}
+
+/// One pass of [`remove_cgroup_everywhere`]; true if something is left.
+fn remove_cgroup_tree_once(rel: &str) -> bool {
     let Ok(hs) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
+        return false;
     };
+    let mut left = false;
     for h in hs.flatten() {
+        let top = h.path().join(rel.trim_start_matches('/'));
         let mut dirs = Vec::new();
-        let mut stack = vec![h.path().join(rel.trim_start_matches('/'))];
+        let mut stack = vec![top.clone()];
         while let Some(d) = stack.pop() {
             if let Ok(rd) = std::fs::read_dir(&d) {
                 stack.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
@@ -90,7 +105,9 @@ pub fn remove_cgroup_everywhere(rel: &str) {
         for d in dirs.iter().rev() {
             let _ = std::fs::remove_dir(d);
         }
+        left |= top.exists();
     }
+    left
 }
 
 /// Runs `fixtures/NAME` (an idempotent fixture script printing a file's path) and
