@@ -704,11 +704,13 @@ fn blkio_weight_lands_in_the_weight_file() {
     require_v1!();
     let m = manager("ioweight");
     let weight = serde_json::from_str(r#"{"blockIO":{"weight":500}}"#).unwrap();
+    let res = m.set(&weight);
+    // Looked up after set(), which creates the cgroup.
     let dir = m.path_for("blkio").unwrap();
     let wfile = ["blkio.weight", "blkio.bfq.weight"]
         .into_iter()
         .find(|f| dir.join(f).exists());
-    match (m.set(&weight), wfile) {
+    match (res, wfile) {
         (Ok(()), Some(f)) => assert!(fs::read(dir, f).unwrap().contains("500")),
         (Err(CgroupError::ControllerUnavailable { .. }), None) => {
             skip_test!("no block device uses the CFQ or BFQ scheduler: v1 has no blkio weight")
