@@ -14,6 +14,9 @@
 //!   memory outside the guest-RAM mapping (VMM overhead beyond the guest memory it touched);
 //! * exits per second for port I/O and MMIO reads ((N accesses) / (time(N) - time(0))).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -60,9 +63,7 @@ fn command(env: &Env, vmm: Vmm, cmdline: &str) -> Command {
                 "microvm,x-option-roms=off,rtc=off",
                 "-enable-kvm",
                 "-cpu",
-                // Some kvm_pvm hosts refuse qemu's write of IA32_ARCH_CAPABILITIES (MSR 0x10a)
-                // and qemu aborts; the guest does not need it.
-                "host,-arch-capabilities",
+                common::QEMU_CPU,
             ])
             .args(["-m", &format!("{GUEST_MIB}M"), "-smp", "1"])
             .args([

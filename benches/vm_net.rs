@@ -32,6 +32,9 @@
 //! Each line is the median (p10..p90) over the runs; the last lines give vessel/qemu ratios
 //! against the target (vessel frames/s ≥ 1.5 × qemu's) and of the VMM CPU per frame.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -103,9 +106,7 @@ fn command(env: &Env, vmm: Vmm, cmdline: &str, tap: &str) -> Command {
                 "microvm,x-option-roms=off,rtc=off,acpi=off",
                 "-enable-kvm",
                 "-cpu",
-                // Some kvm_pvm hosts refuse qemu's write of IA32_ARCH_CAPABILITIES (MSR 0x10a)
-                // and qemu aborts; the guest does not need it.
-                "host,-arch-capabilities",
+                common::QEMU_CPU,
             ])
             .args(["-m", &format!("{GUEST_MIB}M"), "-smp", "1"])
             .args([

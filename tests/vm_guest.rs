@@ -245,9 +245,7 @@ fn qemu_microvm_boots_the_same_guest_via_pvh() {
             "microvm,x-option-roms=off,rtc=off",
             "-enable-kvm",
             "-cpu",
-            // Some kvm_pvm hosts refuse qemu's write of IA32_ARCH_CAPABILITIES (MSR 0x10a)
-            // and qemu aborts; the guest does not need it.
-            "host,-arch-capabilities",
+            common::QEMU_CPU,
         ])
         .args(["-m", "128M", "-nodefaults", "-no-user-config", "-nographic"])
         .args(["-display", "none", "-serial", "stdio", "-no-reboot"])

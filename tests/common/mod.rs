@@ -14,6 +14,11 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// qemu's `-cpu` for the microvm peer of the VM tests and benchmarks: the host's CPU without
+/// IA32_ARCH_CAPABILITIES, whose write (MSR 0x10a) some kvm_pvm hosts refuse, which makes
+/// qemu abort; the test guest does not need it.
+pub const QEMU_CPU: &str = "host,-arch-capabilities";
+
 /// The fixture cache (`fixtures/.cache`, or `$VESSEL_FIXTURES`).
 pub fn fixtures() -> PathBuf {
     std::env::var_os("VESSEL_FIXTURES")
