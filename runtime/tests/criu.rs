@@ -18,8 +18,8 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use qemu_guest::Guest;
 use vessel_runtime::criu::{
-    external_mounts, tty_external_key, CgroupMode, Criu, CriuError, DumpOptions, ExternalMount,
-    ExternalMountRecord, InheritFd, NetworkLock, RestoreOptions,
+    external_mounts, tty_external_key, CgroupMode, Criu, CriuError, DumpOptions, DumpStats,
+    ExternalMount, ExternalMountRecord, InheritFd, NetworkLock, RestoreOptions, RestoreStats,
 };
 
 #[path = "support/qemu_guest.rs"]
@@ -1494,6 +1494,36 @@ fn missing_criu_binary_is_a_clear_error() {
     assert!(err.to_string().contains("no-criu"), "{err}");
 }
 
+/// What [`timed_dump_and_restore`] measured.
+struct DumpRestore {
+    dump: Duration,
+    dump_stats: DumpStats,
+    restore: Duration,
+    restore_stats: RestoreStats,
+}
+
+/// Dump `tree` with `opts` (which must not leave it running), reap it, restore it from
+/// `opts`' image directory and adopt the restored tree; times both calls.
+fn timed_dump_and_restore(criu: &Criu, tree: &mut Tree, opts: &DumpOptions) -> DumpRestore {
+    let members = session_members(tree.root);
+    let t = Instant::now();
+    let dump_stats = criu.dump(opts).unwrap().stats.unwrap();
+    let dump = t.elapsed();
+    tree.reap_after_dump(&members);
+    let t = Instant::now();
+    let restored = criu
+        .restore(RestoreOptions::new(&opts.common.images_dir))
+        .unwrap();
+    let restore = t.elapsed();
+    tree.restored(restored.pid, restored.is_child);
+    DumpRestore {
+        dump,
+        dump_stats,
+        restore,
+        restore_stats: restored.stats.unwrap(),
+    }
+}
+
 /// Dump and restore times for 16 and 256 MiB of touched memory. Figures, not assertions:
 /// `cargo test -p vessel-runtime --test criu -- --ignored --nocapture criu_timings`.
 #[test]
@@ -1510,20 +1540,9 @@ fn criu_timings() {
                 ..Shape::default()
             },
         );
-        let members = session_members(tree.root);
-        let t = Instant::now();
-        let stats = criu
-            .dump(&DumpOptions::new(tree.root, &images))
-            .unwrap()
-            .stats
-            .unwrap();
-        let dump = t.elapsed();
-        tree.reap_after_dump(&members);
-        let t = Instant::now();
-        let restored = criu.restore(RestoreOptions::new(&images)).unwrap();
-        let restore = t.elapsed();
-        tree.restored(restored.pid, restored.is_child);
-        let rs = restored.stats.unwrap();
+        let opts = DumpOptions::new(tree.root, &images);
+        let t = timed_dump_and_restore(&criu, &mut tree, &opts);
+        let (dump, stats, restore, rs) = (t.dump, t.dump_stats, t.restore, t.restore_stats);
         println!(
             "criu {mib:>3} MiB: dump {:>7.1} ms ({} pages written, frozen {:.1} ms), restore {:>7.1} ms ({} pages, criu restore_time {:.1} ms)",
             dump.as_secs_f64() * 1e3,
@@ -1644,21 +1663,13 @@ fn predump_downtime_rounds() {
                 let at = tree.count();
                 tree.wait_count(|n| n > at, "count after pre-dump");
             }
-            let members = session_members(tree.root);
-            let images = dir.sub("final");
-            let mut opts = DumpOptions::new(tree.root, &images);
+            let mut opts = DumpOptions::new(tree.root, dir.sub("final"));
             opts.track_mem = rounds > 0;
             opts.parent_images = parent;
-            let t = Instant::now();
-            let stats = criu.dump(&opts).unwrap().stats.unwrap();
-            let dump = t.elapsed();
-            tree.reap_after_dump(&members);
-            let at_dump = tree.count();
-            let t = Instant::now();
-            let restored = criu.restore(RestoreOptions::new(&images)).unwrap();
-            let restore = t.elapsed();
-            tree.restored(restored.pid, restored.is_child);
-            tree.wait_count(|c| c != at_dump, "count after restore");
+            let t = timed_dump_and_restore(&criu, &mut tree, &opts);
+            let (dump, stats, restore) = (t.dump, t.dump_stats, t.restore);
+            let at_restore = tree.count();
+            tree.wait_count(|c| c != at_restore, "count after restore");
             println!(
                 "{DOWNTIME} mib={mib} predumps={rounds} downtime_ms={:.0} dump_ms={:.0} restore_ms={:.0} frozen_ms={:.0} final_pages={} skipped_parent={}",
                 ms(dump + restore),
