@@ -7,7 +7,9 @@
 //! short round of everything (a sanity check of the benchmark itself). Environment:
 //! `VESSEL_BENCH_RUNS` (default 5 runs per VMM, direction and frame size),
 //! `VESSEL_BENCH_FRAMES` (default 100000 frames per run), `VESSEL_BENCH_GUEST` (guest ELF,
-//! default `fixtures/.cache/guest/vessel-test-guest`).
+//! default `fixtures/.cache/guest/vessel-test-guest`), `VESSEL_BENCH_ONLY` (comma-separated
+//! direction and/or frame size, e.g. `tap->guest,64`: only those rounds),
+//! `VESSEL_BENCH_VERBOSE` (print each run's guest report: kicks, time spent waiting).
 //!
 //! * guest→tap: the guest's `net-blast=N net-len=L` sends N frames of L bytes back to back
 //!   (256 in flight, at most one queue notification per batch and only when the device asked
@@ -154,8 +156,26 @@ impl Tap {
         Ok(tap)
     }
 
-    fn counter(&self, which: &str) -> u64 {
-        std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{which}", self.0))
+    /// One of the tap's counters, kept open: each reading is a single pread(2) instead of a
+    /// path lookup, open, read and close (which cost the tap→guest sender, on the cores it
+    /// shares with the VMM under test, nearly as much as sending the frames: perf).
+    fn open_counter(&self, which: &str) -> Result<Counter, String> {
+        let path = format!("/sys/class/net/{}/statistics/{which}", self.0);
+        std::fs::File::open(&path)
+            .map(Counter)
+            .map_err(|e| format!("{path}: {e}"))
+    }
+}
+
+/// A sysfs counter file held open (see [`Tap::open_counter`]).
+struct Counter(std::fs::File);
+
+impl Counter {
+    fn get(&self) -> u64 {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 32];
+        let n = self.0.read_at(&mut buf, 0).unwrap_or(0);
+        std::str::from_utf8(&buf[..n])
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
@@ -445,17 +465,20 @@ struct Sample {
     wakeups: f64,
     /// VMM CPU time outside vCPU threads per frame, in µs (see [`Vm::vmm_cpu_ns`]).
     cpu_us: f64,
+    /// The guest's result line.
+    report: String,
 }
 
 fn guest_to_tap(env: &Env, vmm: Vmm, tap: &Tap, n: u64, len: usize) -> Result<Sample, String> {
-    let before = tap.counter("rx_packets");
+    let rx_packets = tap.open_counter("rx_packets")?;
+    let before = rx_packets.get();
     let mut vm = Vm::spawn(env, vmm, &format!("net-blast={n} net-len={len}"), &tap.0)?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut first: Option<(Instant, u64)> = None;
     let mut last = None;
     let (mut cpu0, mut cpu1) = (0, 0);
     loop {
-        let c = tap.counter("rx_packets") - before;
+        let c = rx_packets.get() - before;
         let now = Instant::now();
         if c > 0 {
             if first.is_none() {
@@ -483,7 +506,7 @@ fn guest_to_tap(env: &Env, vmm: Vmm, tap: &Tap, n: u64, len: usize) -> Result<Sa
         .ok_or_else(|| vm.error(vmm, "no net-blast result"))?;
     let cpu = cpu1.saturating_sub(cpu0);
     let nvcsw = vm.finish(vmm)?;
-    let counted = tap.counter("rx_packets") - before;
+    let counted = rx_packets.get() - before;
     let ((t0, c0), (t1, c1)) = (first.ok_or("no frame on the tap")?, last.ok_or("no frame")?);
     let secs = (t1 - t0).as_secs_f64();
     if c1 <= c0 || secs <= 0.0 {
@@ -499,6 +522,7 @@ fn guest_to_tap(env: &Env, vmm: Vmm, tap: &Tap, n: u64, len: usize) -> Result<Sa
         drops: n.saturating_sub(counted),
         wakeups: nvcsw as f64 / n as f64,
         cpu_us: cpu as f64 / 1e3 / (c1 - c0 + 1) as f64,
+        report: line,
     })
 }
 
@@ -513,12 +537,13 @@ fn tap_to_guest(env: &Env, vmm: Vmm, tap: &Tap, n: u64, len: usize) -> Result<Sa
     }
     // Batches of up to 64 frames per sendmmsg(2), so the sender is not the bottleneck.
     let mut batch: Vec<Vec<u8>> = (0..64).map(|s| frame(len, s, false)).collect();
-    let read0 = tap.counter("tx_packets");
+    let tx_packets = tap.open_counter("tx_packets")?;
+    let read0 = tx_packets.get();
     let cpu0 = vm.vmm_cpu_ns();
     let mut sent = 0u64;
     let deadline = Instant::now() + Duration::from_secs(120);
     while sent < n {
-        let read = tap.counter("tx_packets") - read0;
+        let read = tx_packets.get() - read0;
         let room = (read + WINDOW).saturating_sub(sent).min(n - sent);
         if room == 0 {
             if Instant::now() > deadline {
@@ -563,6 +588,7 @@ fn tap_to_guest(env: &Env, vmm: Vmm, tap: &Tap, n: u64, len: usize) -> Result<Sa
         drops: n.saturating_sub(count),
         wakeups: nvcsw as f64 / n as f64,
         cpu_us: cpu1.saturating_sub(cpu0) as f64 / 1e3 / count as f64,
+        report: line,
     })
 }
 
@@ -661,8 +687,17 @@ fn main() {
 
     let mut failed = false;
     let mut ratios = Vec::new();
+    // `VESSEL_BENCH_ONLY=tap->guest` (or a frame size, `64`) runs the matching rounds only.
+    let only = std::env::var("VESSEL_BENCH_ONLY").unwrap_or_default();
+    let verbose = std::env::var_os("VESSEL_BENCH_VERBOSE").is_some();
     for dir in [Dir::GuestToTap, Dir::TapToGuest] {
         for len in [64usize, 1514] {
+            if !only
+                .split(',')
+                .all(|w| w.is_empty() || w == dir.name() || w == len.to_string())
+            {
+                continue;
+            }
             let mut samples: Vec<Vec<Sample>> = vmms.iter().map(|_| Vec::new()).collect();
             for run in 0..runs {
                 // Alternate which VMM goes first, so a load change on the host does not
@@ -677,7 +712,12 @@ fn main() {
                         Dir::TapToGuest => tap_to_guest(&env, *vmm, &tap, n, len),
                     };
                     match r {
-                        Ok(s) => samples[i].push(s),
+                        Ok(s) => {
+                            if verbose {
+                                eprintln!("{} {len} B {}: {}", dir.name(), vmm.name(), s.report);
+                            }
+                            samples[i].push(s)
+                        }
                         Err(e) => {
                             failed = true;
                             eprintln!("{} {len} B: {e}", dir.name());
