@@ -152,6 +152,32 @@ fn json_config_and_flag_overrides() {
 }
 
 #[test]
+fn toml_config_boots_the_guest() {
+    let Some(g) = guest("toml_config_boots_the_guest") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vm.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "kernel = {:?}\ncmdline = \"exit=7\"\nvcpus = 2\nmemory_mib = 64\nconsole = \"stdio\"\n",
+            g
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let r = vessel_vm(&["run", "--config", c], b"");
+    assert_eq!(r.code(), 7, "{}", r.stderr);
+    assert!(r.stdout.contains("vessel-guest: ready"), "{}", r.stdout);
+    std::fs::write(&cfg, format!("kernel = {g:?}\nbogus = 1\n")).unwrap();
+    let r = vessel_vm(&["run", "--config", c], b"");
+    assert_eq!(r.code(), 1);
+    assert!(r.stderr.contains("parsing VM config"), "{}", r.stderr);
+    assert!(r.stderr.contains("bogus"), "{}", r.stderr);
+}
+
+#[test]
 fn bad_kernel_images_are_rejected_clearly() {
     let Some(g) = guest("bad_kernel_images_are_rejected_clearly") else {
         return;

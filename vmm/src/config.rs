@@ -1,11 +1,26 @@
 //! The description of a microVM: what to boot, how big it is, where its console goes.
 //!
-//! A [`VmConfig`] deserializes from JSON (the role a libvirt domain XML plays for qemu):
+//! A [`VmConfig`] deserializes from JSON or TOML (the role a libvirt domain XML plays for
+//! qemu); [`VmConfig::from_file`] picks TOML for a `.toml` file and JSON otherwise:
 //!
 //! ```json
 //! { "kernel": "/boot/vmlinuz", "cmdline": "console=ttyS0", "vcpus": 2, "memory_mib": 256,
 //!   "console": "stdio", "net": [ { "backend": { "tap": { "name": "vtap0" } } } ] }
 //! ```
+//!
+//! ```toml
+//! kernel = "/boot/vmlinuz"
+//! cmdline = "console=ttyS0"
+//! vcpus = 2
+//! memory_mib = 256
+//! console = "stdio"
+//!
+//! [[net]]
+//! backend = { tap = { name = "vtap0" } }
+//! mac = "02:00:00:00:00:01"
+//! ```
+//!
+//! Unknown keys are errors in both, naming the key.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -18,7 +33,7 @@ use crate::devices::virtio::NetConfig;
 /// Errors in a VM description.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The JSON file could not be read.
+    /// The config file could not be read.
     #[error("reading VM config {path}")]
     Read {
         /// The file.
@@ -35,6 +50,15 @@ pub enum ConfigError {
         /// Why.
         #[source]
         source: serde_json::Error,
+    },
+    /// The TOML is malformed or has unknown fields.
+    #[error("parsing VM config {path} (TOML)")]
+    ParseToml {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: toml::de::Error,
     },
     /// A memory size such as `256M` could not be parsed.
     #[error("invalid memory size {0:?}: expected a number with an optional K, M or G suffix (default MiB)")]
@@ -148,16 +172,23 @@ impl VmConfig {
         }
     }
 
-    /// Load a config from a JSON file.
+    /// Load a config from a file: TOML if its name ends in `.toml`, JSON otherwise.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.into(),
-            source,
-        })
+        if path.extension().is_some_and(|e| e == "toml") {
+            toml::from_str(&text).map_err(|source| ConfigError::ParseToml {
+                path: path.into(),
+                source,
+            })
+        } else {
+            serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.into(),
+                source,
+            })
+        }
     }
 
     /// The timeout as a duration, if any (negative or NaN values mean none).
@@ -233,5 +264,78 @@ mod tests {
         let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
         assert!(serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","cpus":2}"#).is_err());
+    }
+
+    #[test]
+    fn toml_file_describes_the_same_vm_as_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("vm.json");
+        std::fs::write(
+            &json,
+            r#"{"kernel":"/k","cmdline":"console=ttyS0","vcpus":2,"memory_mib":256,
+                "console":{"file":"/tmp/c"},"ap_start":"direct","acpi":false,"timeout_secs":1.5,
+                "net":[{"backend":{"tap":{"name":"t0"}},"mac":"02:00:00:00:00:01"},
+                       {"backend":{"macvtap":{"link":"mv0"}}}]}"#,
+        )
+        .unwrap();
+        let toml = dir.path().join("vm.toml");
+        std::fs::write(
+            &toml,
+            r#"
+kernel = "/k"
+cmdline = "console=ttyS0"
+vcpus = 2
+memory_mib = 256
+console = { file = "/tmp/c" }
+ap_start = "direct"
+acpi = false
+timeout_secs = 1.5
+
+[[net]]
+backend = { tap = { name = "t0" } }
+mac = "02:00:00:00:00:01"
+
+[[net]]
+backend = { macvtap = { link = "mv0" } }
+"#,
+        )
+        .unwrap();
+        let a = VmConfig::from_file(&json).unwrap();
+        let b = VmConfig::from_file(&toml).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b.net.len(), 2);
+        assert_eq!(b.timeout(), Some(Duration::from_millis(1500)));
+        // Defaults apply the same way.
+        std::fs::write(&toml, "kernel = \"/k\"\nconsole = \"none\"\n").unwrap();
+        let c = VmConfig::from_file(&toml).unwrap();
+        assert_eq!((c.vcpus, c.memory_mib, c.acpi), (1, 128, true));
+        assert_eq!(c.console, ConsoleConfig::None);
+    }
+
+    #[test]
+    fn toml_errors_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = dir.path().join("vm.toml");
+        for (text, what) in [
+            ("kernel = \"/k\"\ncpus = 2\n", "cpus"),
+            ("kernel = \"/k\"\nvcpus = \"two\"\n", "vcpus"),
+            (
+                "kernel = \"/k\"\n[[net]]\nbackend = { tap = { nam = \"t\" } }\n",
+                "nam",
+            ),
+            (
+                "kernel = \"/k\"\n[[net]]\nbackend = { tap = { name = \"t\" } }\nmac = \"zz\"\n",
+                "zz",
+            ),
+            ("kernel = /k\n", "kernel"),
+            ("cmdline = \"x\"\n", "kernel"),
+        ] {
+            std::fs::write(&toml, text).unwrap();
+            let e = VmConfig::from_file(&toml).unwrap_err();
+            assert!(matches!(e, ConfigError::ParseToml { .. }), "{text}: {e:?}");
+            assert!(e.to_string().contains("vm.toml"), "{e}");
+            let why = std::error::Error::source(&e).unwrap().to_string();
+            assert!(why.contains(what), "{text}: {why}");
+        }
     }
 }

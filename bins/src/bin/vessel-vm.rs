@@ -26,7 +26,8 @@ Examples:
       --memory 512M --cpus 2
   vessel-vm run --kernel vessel-test-guest --cmdline hello --console file:/tmp/console.log
   vessel-vm run --kernel vmlinux --net tap=vtap0,mac=02:00:00:00:00:01 --timeout 30
-  vessel-vm run --config vm.json";
+  vessel-vm run --config vm.json
+  vessel-vm run --config vm.toml --timeout 10    # flags override the file's fields";
 
 #[derive(Parser)]
 #[command(name = "vessel-vm", version, about = "Run a KVM microVM", after_help = AFTER_HELP)]
@@ -44,7 +45,8 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// VM description in JSON; command-line options override its fields.
+    /// VM description in TOML (a `.toml` file) or JSON (any other name); command-line options
+    /// override its fields.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Kernel image (ELF or bzImage).
