@@ -14,7 +14,44 @@ fn hello_prints_and_shuts_down() {
     let r = run_guest(&g, "hello", &["--console", "stdio"]);
     assert_eq!(r.code(), 0);
     assert!(r.stdout.starts_with("vessel-guest: ready"), "{}", r.stdout);
-    assert!(r.stdout.contains("Hello from the vessel test guest"));
+    // The guest has a PVH entry note, which `--boot auto` (the default) prefers.
+    assert!(
+        r.stdout
+            .contains("Hello from the vessel test guest (entered via PVH)"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn boot_protocol_can_be_chosen() {
+    let Some(g) = guest("boot_protocol_can_be_chosen") else {
+        return;
+    };
+    let r = run_guest(&g, "hello", &["--boot", "linux"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("(entered via the 64-bit Linux boot protocol)"),
+        "{}",
+        r.stdout
+    );
+    let r = run_guest(&g, "hello", &["--boot", "pvh"]);
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+    assert!(r.stdout.contains("(entered via PVH)"), "{}", r.stdout);
+    // Every vCPU through the PVH entry at once, and through the 64-bit one.
+    for boot in ["pvh", "linux"] {
+        let r = run_guest(
+            &g,
+            "smp",
+            &["--cpus", "3", "--direct-ap-start", "--boot", boot],
+        );
+        assert_eq!(r.code(), 0, "{boot}: {}", r.stdout);
+        assert!(r.stdout.contains("smp: 3 cpus up"), "{boot}: {}", r.stdout);
+    }
+    let r = run_guest(&g, "hello", &["--boot", "efi"]);
+    assert_eq!(r.code(), 1);
+    assert!(r.stderr.contains("invalid boot protocol"), "{}", r.stderr);
 }
 
 #[test]

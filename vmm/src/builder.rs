@@ -16,8 +16,9 @@ use linux_loader::cmdline::Cmdline;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot::{acpi, bootparams, loader, mptable, paging, BootError};
-use crate::config::{ApStart, ConsoleConfig, VmConfig};
+use crate::boot::gdt::{BOOT_GDT, PVH_GDT};
+use crate::boot::{acpi, bootparams, loader, mptable, paging, pvh, BootError};
+use crate::config::{ApStart, BootProtocol, ConsoleConfig, VmConfig};
 use crate::cpu::{cpuid, msr, regs};
 use crate::devices::bus::Bus;
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
@@ -157,8 +158,23 @@ impl VmBuilder {
             .map_err(VmError::Cmdline)?
             .as_bytes()
             .len() as u32;
+        let pvh_entry = match (cfg.boot, kernel.pvh_entry) {
+            (BootProtocol::Linux, _) => None,
+            (BootProtocol::Auto, entry) => entry,
+            (BootProtocol::Pvh, Some(entry)) => Some(entry),
+            (BootProtocol::Pvh, None) => {
+                return Err(BootError::NoPvhEntry(cfg.kernel.clone()).into())
+            }
+        };
         let cr3 = paging::setup_identity_paging(&mem)?;
-        regs::write_gdt_idt(&mem)?;
+        regs::write_gdt_idt(
+            &mem,
+            if pvh_entry.is_some() {
+                &PVH_GDT
+            } else {
+                &BOOT_GDT
+            },
+        )?;
         mptable::setup_mptable(&mem, cfg.vcpus)?;
         let acpi_rsdp = if cfg.acpi {
             let devices: Vec<acpi::MmioDevice> = (0..cfg.net.len())
@@ -182,6 +198,13 @@ impl VmBuilder {
             },
         )
         .map_err(BootError::from)?;
+        let start_info = match pvh_entry {
+            Some(_) => Some(
+                pvh::write_start_info(&mem, layout::CMDLINE, initrd, acpi_rsdp)
+                    .map_err(BootError::from)?,
+            ),
+            None => None,
+        };
 
         // Devices.
         let control = Arc::new(Control::new(cfg.vcpus.into()).map_err(VmError::EventFd)?);
@@ -249,8 +272,16 @@ impl VmBuilder {
             msr::setup_msrs(&fd)?;
             regs::setup_lapic(&fd)?;
             if i == 0 || cfg.ap_start == ApStart::Direct {
-                regs::setup_regs(&fd, kernel.entry.raw_value())?;
-                regs::setup_sregs(&fd, cr3)?;
+                match (pvh_entry, start_info) {
+                    (Some(entry), Some(info)) => {
+                        regs::setup_regs_pvh(&fd, entry.raw_value(), info)?;
+                        regs::setup_sregs_pvh(&fd)?;
+                    }
+                    _ => {
+                        regs::setup_regs(&fd, kernel.entry.raw_value())?;
+                        regs::setup_sregs(&fd, cr3)?;
+                    }
+                }
                 regs::setup_fpu(&fd)?;
                 if i != 0 {
                     fd.set_mp_state(kvm_mp_state {

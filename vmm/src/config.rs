@@ -66,6 +66,9 @@ pub enum ConfigError {
     /// A console specification could not be parsed.
     #[error("invalid console {0:?}: expected stdio, none or file:PATH")]
     Console(String),
+    /// A boot protocol name could not be parsed.
+    #[error("invalid boot protocol {0:?}: expected auto, linux or pvh")]
+    Boot(String),
 }
 
 /// Where the guest's serial console (COM1) goes.
@@ -108,6 +111,34 @@ pub enum ApStart {
     Direct,
 }
 
+/// Which boot protocol enters the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BootProtocol {
+    /// PVH when the kernel is an ELF with a PVH entry note, the Linux 64-bit protocol
+    /// otherwise.
+    #[default]
+    Auto,
+    /// The Linux boot protocol: 64-bit mode, identity page tables, RSI = zero page.
+    Linux,
+    /// PVH: 32-bit protected mode, paging off, EBX = `hvm_start_info` (an error for kernels
+    /// without the note).
+    Pvh,
+}
+
+impl FromStr for BootProtocol {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "linux" => Ok(Self::Linux),
+            "pvh" => Ok(Self::Pvh),
+            _ => Err(ConfigError::Boot(s.into())),
+        }
+    }
+}
+
 /// A whole microVM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +166,9 @@ pub struct VmConfig {
     /// How APs start.
     #[serde(default)]
     pub ap_start: ApStart,
+    /// Boot protocol.
+    #[serde(default)]
+    pub boot: BootProtocol,
     /// Provide ACPI tables (MADT, and a DSDT describing the virtio-mmio devices).
     #[serde(default = "default_true")]
     pub acpi: bool,
@@ -167,6 +201,7 @@ impl VmConfig {
             console: ConsoleConfig::default(),
             net: Vec::new(),
             ap_start: ApStart::default(),
+            boot: BootProtocol::default(),
             acpi: true,
             timeout_secs: None,
         }
@@ -251,6 +286,18 @@ mod tests {
     }
 
     #[test]
+    fn boot_protocols() {
+        assert_eq!("pvh".parse::<BootProtocol>().unwrap(), BootProtocol::Pvh);
+        assert_eq!(
+            "linux".parse::<BootProtocol>().unwrap(),
+            BootProtocol::Linux
+        );
+        assert_eq!("auto".parse::<BootProtocol>().unwrap(), BootProtocol::Auto);
+        assert!("efi".parse::<BootProtocol>().is_err());
+        assert_eq!(VmConfig::new("/k").boot, BootProtocol::Auto);
+    }
+
+    #[test]
     fn json_round_trip_and_defaults() {
         let c: VmConfig = serde_json::from_str(
             r#"{"kernel":"/k","cmdline":"console=ttyS0","console":{"file":"/tmp/c"},
@@ -273,7 +320,7 @@ mod tests {
         std::fs::write(
             &json,
             r#"{"kernel":"/k","cmdline":"console=ttyS0","vcpus":2,"memory_mib":256,
-                "console":{"file":"/tmp/c"},"ap_start":"direct","acpi":false,"timeout_secs":1.5,
+                "console":{"file":"/tmp/c"},"ap_start":"direct","boot":"pvh","acpi":false,"timeout_secs":1.5,
                 "net":[{"backend":{"tap":{"name":"t0"}},"mac":"02:00:00:00:00:01"},
                        {"backend":{"macvtap":{"link":"mv0"}}}]}"#,
         )
@@ -288,6 +335,7 @@ vcpus = 2
 memory_mib = 256
 console = { file = "/tmp/c" }
 ap_start = "direct"
+boot = "pvh"
 acpi = false
 timeout_secs = 1.5
 

@@ -8,6 +8,12 @@ pub mod layout {
     pub const GDT_ADDR: u64 = 0x500;
     /// Boot IDT (empty).
     pub const IDT_ADDR: u64 = 0x520;
+    /// PVH `hvm_start_info`, then its module list (the initrd) and memory map.
+    pub const PVH_INFO: u64 = 0x6000;
+    /// PVH module list (one entry: the initrd).
+    pub const PVH_MODLIST: u64 = 0x6040;
+    /// PVH memory map (up to 160 entries, below the zero page).
+    pub const PVH_MEMMAP: u64 = 0x6080;
     /// The Linux zero page (`struct boot_params`).
     pub const ZERO_PAGE: u64 = 0x7000;
     /// Top of the boot stack (grows down).

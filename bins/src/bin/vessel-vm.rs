@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vessel_vmm::config::parse_memory_mib;
+use vessel_vmm::config::{parse_memory_mib, BootProtocol};
 use vessel_vmm::devices::virtio::{MacAddr, NetBackend, NetConfig};
 use vessel_vmm::{ApStart, ConsoleConfig, VmBuilder, VmConfig, VmExit};
 
@@ -70,9 +70,12 @@ struct RunArgs {
     /// Serial console: stdio, none or file:PATH.
     #[arg(long)]
     console: Option<String>,
-    /// Start every vCPU at the kernel entry in long mode (for guests without an AP trampoline).
+    /// Start every vCPU at the kernel entry (for guests without an AP trampoline).
     #[arg(long)]
     direct_ap_start: bool,
+    /// Boot protocol: auto (PVH when the ELF kernel has a PVH entry, else Linux), linux or pvh.
+    #[arg(long)]
+    boot: Option<String>,
     /// Do not provide ACPI tables (the MP table still describes the CPUs).
     #[arg(long)]
     no_acpi: bool,
@@ -134,6 +137,9 @@ fn build_config(a: RunArgs) -> Result<(VmConfig, bool), Box<dyn std::error::Erro
     }
     if a.direct_ap_start {
         cfg.ap_start = ApStart::Direct;
+    }
+    if let Some(b) = a.boot {
+        cfg.boot = b.parse::<BootProtocol>()?;
     }
     if a.no_acpi {
         cfg.acpi = false;

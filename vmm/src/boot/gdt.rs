@@ -26,6 +26,15 @@ pub const BOOT_GDT: [u64; 4] = [
     gdt_entry(0x808b, 0, 0xfffff),
 ];
 
+/// The GDT for a PVH entry (32-bit protected mode, paging off): null, 32-bit flat code,
+/// flat data, a 0x67-byte TSS (the PVH ABI's register state).
+pub const PVH_GDT: [u64; 4] = [
+    gdt_entry(0, 0, 0),
+    gdt_entry(0xc09b, 0, 0xfffff),
+    gdt_entry(0xc093, 0, 0xfffff),
+    gdt_entry(0x008b, 0, 0x67),
+];
+
 /// The `kvm_segment` a CPU would hold after loading selector `table_index * 8` of `entry`.
 pub fn segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
@@ -69,6 +78,19 @@ mod tests {
         let d = segment_from_gdt(BOOT_GDT[2], 2);
         assert_eq!((d.db, d.type_, d.l), (1, 3, 0));
         assert_eq!(segment_from_gdt(BOOT_GDT[3], 3).type_, 0xb);
+    }
+
+    #[test]
+    fn pvh_segments_are_32_bit_flat() {
+        let c = segment_from_gdt(PVH_GDT[1], 1);
+        assert_eq!(
+            (c.l, c.db, c.type_, c.g, c.limit),
+            (0, 1, 0xb, 1, 0xffff_ffff)
+        );
+        let d = segment_from_gdt(PVH_GDT[2], 2);
+        assert_eq!((d.db, d.type_, d.base), (1, 3, 0));
+        let t = segment_from_gdt(PVH_GDT[3], 3);
+        assert_eq!((t.type_, t.limit, t.g), (0xb, 0x67, 0));
     }
 
     #[test]

@@ -91,8 +91,8 @@ pub struct LoadedKernel {
     pub end: u64,
     /// The bzImage setup header, to copy into the zero page.
     pub setup_header: Option<setup_header>,
-    /// PVH entry point, if the ELF carries a XEN_ELFNOTE_PHYS32_ENTRY note (informational:
-    /// vessel enters kernels in 64-bit mode through the Linux boot protocol).
+    /// PVH entry point, if the ELF carries a XEN_ELFNOTE_PHYS32_ENTRY note (see
+    /// [`crate::config::BootProtocol`]).
     pub pvh_entry: Option<GuestAddress>,
 }
 

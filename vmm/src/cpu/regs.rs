@@ -6,7 +6,7 @@ use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::CpuError;
-use crate::boot::gdt::{segment_from_gdt, BOOT_GDT};
+use crate::boot::gdt::{segment_from_gdt, BOOT_GDT, PVH_GDT};
 use crate::boot::BootError;
 use crate::memory::layout;
 
@@ -25,9 +25,10 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
-/// Write the boot GDT and an empty IDT into guest memory (once per VM).
-pub fn write_gdt_idt(mem: &GuestMemoryMmap) -> Result<(), BootError> {
-    for (i, e) in BOOT_GDT.iter().enumerate() {
+/// Write `gdt` ([`BOOT_GDT`] or [`PVH_GDT`]) and an empty IDT into guest memory (once per
+/// VM).
+pub fn write_gdt_idt(mem: &GuestMemoryMmap, gdt: &[u64; 4]) -> Result<(), BootError> {
+    for (i, e) in gdt.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(layout::GDT_ADDR + i as u64 * 8))
             .map_err(|source| BootError::Write {
                 what: "GDT",
@@ -78,6 +79,47 @@ pub fn setup_sregs(vcpu: &VcpuFd, cr3: u64) -> Result<(), CpuError> {
     sregs.cr3 = cr3;
     sregs.cr4 = X86_CR4_PAE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT;
     sregs.efer = EFER_LME | EFER_LMA;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| CpuError::Kvm("KVM_SET_SREGS", e))
+}
+
+/// General registers for a PVH entry: EIP = the PVH entry, EBX = `hvm_start_info`.
+pub fn setup_regs_pvh(vcpu: &VcpuFd, entry: u64, start_info: u64) -> Result<(), CpuError> {
+    let regs = kvm_regs {
+        rflags: 0x2,
+        rip: entry,
+        rbx: start_info,
+        rsp: layout::BOOT_STACK,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs)
+        .map_err(|e| CpuError::Kvm("KVM_SET_REGS", e))
+}
+
+/// Segment and control registers for a PVH entry: 32-bit protected mode with flat segments
+/// from [`PVH_GDT`], paging off, EFER clear.
+pub fn setup_sregs_pvh(vcpu: &VcpuFd) -> Result<(), CpuError> {
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(|e| CpuError::Kvm("KVM_GET_SREGS", e))?;
+    let code = segment_from_gdt(PVH_GDT[1], 1);
+    let data = segment_from_gdt(PVH_GDT[2], 2);
+    let tss = segment_from_gdt(PVH_GDT[3], 3);
+    sregs.gdt.base = layout::GDT_ADDR;
+    sregs.gdt.limit = (std::mem::size_of_val(&PVH_GDT) - 1) as u16;
+    sregs.idt.base = layout::IDT_ADDR;
+    sregs.idt.limit = 7;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = tss;
+    sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
     vcpu.set_sregs(&sregs)
         .map_err(|e| CpuError::Kvm("KVM_SET_SREGS", e))
 }
