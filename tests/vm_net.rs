@@ -194,3 +194,74 @@ fn macvtap_over_veth_in_a_netns() {
 fn frames_send(sock: &PacketSocket, seq: u32) {
     sock.send(&test_frame(PEER_MAC, seq, ETH_TEST)).unwrap();
 }
+
+/// `vessel-vm` with every capability dropped (bounding set, inheritable, ambient; uid 0 but
+/// no privileges after exec), through setpriv(1).
+fn without_capabilities(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+        ])
+        .arg(common::bin("vessel-vm"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_vmm_needs_no_capability() {
+    let test = "the_vmm_needs_no_capability";
+    let Some(g) = guest(test) else { return };
+    if !tun_available(test) {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        common::skip(test, "setpriv (util-linux) missing");
+        return;
+    }
+    let g = g.to_str().unwrap();
+    // The tap exists already (an operator's or a libvirt-style setup's job); the VMM only
+    // opens /dev/kvm and /dev/net/tun and attaches to it.
+    let name = ifname("vcap");
+    let _tap = make_tap(&name);
+    let sock = PacketSocket::bind(&name, ETH_TEST).unwrap();
+    let net = format!("tap={name},mac={GUEST_MAC_STR}");
+    let out = without_capabilities(&["run", "--kernel", g, "--cmdline", "net-tx=3", "--net", &net]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("net-tx: sent 3 frames"), "{stdout}");
+    for seq in 0..3 {
+        assert_eq!(
+            sock.recv().expect("frame"),
+            test_frame(GUEST_MAC, seq, ETH_TEST)
+        );
+    }
+    // Creating a tap is what needs CAP_NET_ADMIN: refused clearly, nothing left behind.
+    let missing = ifname("vcapm");
+    let out = without_capabilities(&[
+        "run",
+        "--kernel",
+        g,
+        "--cmdline",
+        "net-tx=1",
+        "--net",
+        &format!("tap={missing}"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+    assert!(stderr.contains(&missing), "{stderr}");
+    assert!(
+        !std::path::Path::new(&format!("/sys/class/net/{missing}")).exists(),
+        "{missing} left behind"
+    );
+}
