@@ -1,7 +1,7 @@
 //! General, segment and control registers, FPU and LAPIC of a vCPU entering a 64-bit kernel
 //! through the Linux boot protocol.
 
-use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_regs};
+use kvm_bindings::{kvm_fpu, kvm_lapic_state, kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -42,6 +42,23 @@ pub fn write_gdt_idt(mem: &GuestMemoryMmap, gdt: &[u64; 4]) -> Result<(), BootEr
         })
 }
 
+/// Point GDTR at `gdt` (written at [`layout::GDT_ADDR`]), IDTR at the empty IDT, and load
+/// its code (1), data (2) and TSS (3) descriptors into the segment registers.
+fn load_segments(sregs: &mut kvm_sregs, gdt: &[u64; 4]) {
+    let data = segment_from_gdt(gdt[2], 2);
+    sregs.gdt.base = layout::GDT_ADDR;
+    sregs.gdt.limit = (std::mem::size_of_val(gdt) - 1) as u16;
+    sregs.idt.base = layout::IDT_ADDR;
+    sregs.idt.limit = 7;
+    sregs.cs = segment_from_gdt(gdt[1], 1);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = segment_from_gdt(gdt[3], 3);
+}
+
 /// General registers: entry point, boot stack and RSI = zero page.
 pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), CpuError> {
     let regs = kvm_regs {
@@ -61,20 +78,7 @@ pub fn setup_sregs(vcpu: &VcpuFd, cr3: u64) -> Result<(), CpuError> {
     let mut sregs = vcpu
         .get_sregs()
         .map_err(|e| CpuError::Kvm("KVM_GET_SREGS", e))?;
-    let code = segment_from_gdt(BOOT_GDT[1], 1);
-    let data = segment_from_gdt(BOOT_GDT[2], 2);
-    let tss = segment_from_gdt(BOOT_GDT[3], 3);
-    sregs.gdt.base = layout::GDT_ADDR;
-    sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
-    sregs.idt.base = layout::IDT_ADDR;
-    sregs.idt.limit = 7;
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = tss;
+    load_segments(&mut sregs, &BOOT_GDT);
     sregs.cr0 = X86_CR0_PE | X86_CR0_ET | X86_CR0_NE | X86_CR0_PG;
     sregs.cr3 = cr3;
     sregs.cr4 = X86_CR4_PAE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT;
@@ -102,20 +106,7 @@ pub fn setup_sregs_pvh(vcpu: &VcpuFd) -> Result<(), CpuError> {
     let mut sregs = vcpu
         .get_sregs()
         .map_err(|e| CpuError::Kvm("KVM_GET_SREGS", e))?;
-    let code = segment_from_gdt(PVH_GDT[1], 1);
-    let data = segment_from_gdt(PVH_GDT[2], 2);
-    let tss = segment_from_gdt(PVH_GDT[3], 3);
-    sregs.gdt.base = layout::GDT_ADDR;
-    sregs.gdt.limit = (std::mem::size_of_val(&PVH_GDT) - 1) as u16;
-    sregs.idt.base = layout::IDT_ADDR;
-    sregs.idt.limit = 7;
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = tss;
+    load_segments(&mut sregs, &PVH_GDT);
     sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
     sregs.cr3 = 0;
     sregs.cr4 = 0;

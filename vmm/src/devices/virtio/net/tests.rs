@@ -1716,15 +1716,9 @@ fn rx_batch_runs_out_of_buffers_midway_and_resumes() {
     assert_eq!(h.metrics().rx_dropped, 0);
 }
 
-#[test]
-fn tx_buffer_spanning_two_memory_regions_is_copied_not_dropped() {
-    if crate::net::testutil::skip_without_tap(
-        "tx_buffer_spanning_two_memory_regions_is_copied_not_dropped",
-    ) {
-        return;
-    }
-    // Two adjacent regions (two host mappings): a buffer across the boundary cannot be
-    // written straight from guest memory with one iovec, so the device copies it first.
+/// A started device whose guest memory is two adjacent regions (two host mappings); returns
+/// it and the guest address where the second region starts.
+fn two_region_harness() -> (Harness, u64) {
     let name = unique_ifname("vn");
     let cfg = NetConfig {
         backend: NetBackend::Tap { name: name.clone() },
@@ -1738,8 +1732,21 @@ fn tx_buffer_spanning_two_memory_regions_is_copied_not_dropped() {
         netlink::link_index(&name).unwrap()
     });
     h.start(BASE_FEATURES);
+    (h, half as u64)
+}
+
+#[test]
+fn tx_buffer_spanning_two_memory_regions_is_copied_not_dropped() {
+    if crate::net::testutil::skip_without_tap(
+        "tx_buffer_spanning_two_memory_regions_is_copied_not_dropped",
+    ) {
+        return;
+    }
+    // Two adjacent regions (two host mappings): a buffer across the boundary cannot be
+    // written straight from guest memory with one iovec, so the device copies it first.
+    let (mut h, boundary) = two_region_harness();
     let f = test_frame(0x6a, 400);
-    let at = half as u64 - 100;
+    let at = boundary - 100;
     stage_tx(&h, at, &f);
     h.txq
         .add_chain(&h.mem, &[(at, (VNET_HDR_LEN + f.len()) as u32, 0)]);
@@ -1757,22 +1764,10 @@ fn rx_buffer_spanning_two_memory_regions_is_filled_through_a_copy() {
     ) {
         return;
     }
-    // A receive buffer across two host mappings cannot be one readv(2) iovec: the device
-    // reads the frame into its own buffer and copies it in.
-    let name = unique_ifname("vn");
-    let cfg = NetConfig {
-        backend: NetBackend::Tap { name: name.clone() },
-        mac: None,
-    };
-    let half = MEM_SIZE / 2;
-    let ranges = [(GuestAddress(0), half), (GuestAddress(half as u64), half)];
-    let mut h = Harness::with_memory(&cfg, &ranges, || {
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        netlink::set_link_up(&name, true).unwrap();
-        netlink::link_index(&name).unwrap()
-    });
-    h.start(BASE_FEATURES);
-    let at = half as u64 - 100;
+    // The device reads each frame into its own buffer, then copies it into the guest's: here
+    // in two pieces, one per host mapping.
+    let (mut h, boundary) = two_region_harness();
+    let at = boundary - 100;
     h.rxq
         .add_chain(&h.mem, &[(at, 2048, VRING_DESC_F_WRITE as u16)]);
     h.kick(0);
