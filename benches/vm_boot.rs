@@ -1,6 +1,6 @@
 //! Side-by-side microVM benchmark: `vessel-vm` vs `qemu-system-x86_64 -M microvm` booting the
-//! same bare-metal test guest (vessel through the 64-bit Linux boot protocol, qemu through the
-//! guest's PVH note).
+//! same bare-metal test guest, both through its PVH entry (vessel's `--boot auto` picks it, as
+//! qemu does).
 //!
 //! Run with `cargo bench --bench vm_boot` (as root, after `bash fixtures/guest.sh`,
 //! `bash fixtures/qemu.sh` and `cargo build --release -p vessel-bins`). Environment:
