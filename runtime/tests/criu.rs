@@ -1541,8 +1541,12 @@ fn criu_timings() {
             },
         );
         let opts = DumpOptions::new(tree.root, &images);
-        let t = timed_dump_and_restore(&criu, &mut tree, &opts);
-        let (dump, stats, restore, rs) = (t.dump, t.dump_stats, t.restore, t.restore_stats);
+        let DumpRestore {
+            dump,
+            dump_stats: stats,
+            restore,
+            restore_stats: rs,
+        } = timed_dump_and_restore(&criu, &mut tree, &opts);
         println!(
             "criu {mib:>3} MiB: dump {:>7.1} ms ({} pages written, frozen {:.1} ms), restore {:>7.1} ms ({} pages, criu restore_time {:.1} ms)",
             dump.as_secs_f64() * 1e3,
@@ -1666,8 +1670,12 @@ fn predump_downtime_rounds() {
             let mut opts = DumpOptions::new(tree.root, dir.sub("final"));
             opts.track_mem = rounds > 0;
             opts.parent_images = parent;
-            let t = timed_dump_and_restore(&criu, &mut tree, &opts);
-            let (dump, stats, restore) = (t.dump, t.dump_stats, t.restore);
+            let DumpRestore {
+                dump,
+                dump_stats: stats,
+                restore,
+                ..
+            } = timed_dump_and_restore(&criu, &mut tree, &opts);
             let at_restore = tree.count();
             tree.wait_count(|c| c != at_restore, "count after restore");
             println!(

@@ -198,11 +198,13 @@ impl VmBuilder {
             },
         )
         .map_err(BootError::from)?;
-        let start_info = match pvh_entry {
-            Some(_) => Some(
+        // (PVH entry, start info address) when booting through PVH.
+        let pvh_boot = match pvh_entry {
+            Some(entry) => Some((
+                entry.raw_value(),
                 pvh::write_start_info(&mem, layout::CMDLINE, initrd, acpi_rsdp)
                     .map_err(BootError::from)?,
-            ),
+            )),
             None => None,
         };
 
@@ -272,12 +274,12 @@ impl VmBuilder {
             msr::setup_msrs(&fd)?;
             regs::setup_lapic(&fd)?;
             if i == 0 || cfg.ap_start == ApStart::Direct {
-                match (pvh_entry, start_info) {
-                    (Some(entry), Some(info)) => {
-                        regs::setup_regs_pvh(&fd, entry.raw_value(), info)?;
+                match pvh_boot {
+                    Some((entry, info)) => {
+                        regs::setup_regs_pvh(&fd, entry, info)?;
                         regs::setup_sregs_pvh(&fd)?;
                     }
-                    _ => {
+                    None => {
                         regs::setup_regs(&fd, kernel.entry.raw_value())?;
                         regs::setup_sregs(&fd, cr3)?;
                     }
